@@ -1,0 +1,373 @@
+"""Compare a benchmark report against a stored baseline: the CI gate.
+
+    python -m benchmarks.compare new.json benchmarks/baselines/x86.json --max-regression 10% \
+        --markdown "$GITHUB_STEP_SUMMARY" --junit compare.xml
+
+Cases are matched by name. For each case present in both reports:
+
+* latency regression when   new.p50 > base.p50 * (1 + max_regression + noise_factor * noise)
+  with noise = max over the two reports' cases of
+      max(cv_between_repeats, 1.2533 * cv_within_repeats / sqrt(iterations))
+  cv_between_repeats is the spread of the repeats' medians (what reruns of the job vary by);
+  1.2533 * cv / sqrt(n) is the relative standard error of a median of n samples (normal approximation),
+  which only matters for short runs. p50 is the median of the repeats' medians (harness).
+* accuracy regression when  new.accuracy < base.accuracy - max_accuracy_drop   (both have accuracy)
+
+Cases only in the baseline are "missing" (a failure only with --fail-on-missing), cases only in the new
+report are "new". Cases whose batch, threads, runtime or source differ are "incomparable" (a warning).
+Exit codes: 0 no regression, 1 regression, 2 unreadable or invalid input (one line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import DataError
+
+MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)  # 1.2533: SE(median) = 1.2533 * sigma / sqrt(n)
+
+
+@dataclass
+class CaseComparison:
+    name: str
+    status: str  # ok | regression | improved | missing | new | incomparable
+    runtime: str | None = None
+    batch: int | None = None
+    base_p50: float | None = None
+    new_p50: float | None = None
+    ratio: float | None = None  # new_p50 / base_p50
+    limit_ratio: float | None = None  # 1 + max_regression + noise_factor * noise
+    noise: float | None = None
+    latency_regression: bool = False
+    accuracy_regression: bool = False
+    base_accuracy: float | None = None
+    new_accuracy: float | None = None
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.latency_regression or self.accuracy_regression
+
+
+@dataclass
+class CompareResult:
+    cases: list[CaseComparison]
+    max_regression: float
+    max_accuracy_drop: float
+    noise_factor: float = 1.0
+    fail_on_missing: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[CaseComparison]:
+        return [c for c in self.cases if c.failed]
+
+    @property
+    def missing(self) -> list[str]:
+        return [c.name for c in self.cases if c.status == "missing"]
+
+    @property
+    def added(self) -> list[str]:
+        return [c.name for c in self.cases if c.status == "new"]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.regressions) or (self.fail_on_missing and bool(self.missing))
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def summary(self) -> str:
+        n = len([c for c in self.cases if c.status not in ("missing", "new")])
+        parts = [f"{n} compared", f"{len(self.regressions)} regression(s)"]
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing")
+        if self.added:
+            parts.append(f"{len(self.added)} new")
+        return ("FAIL: " if self.failed else "OK: ") + ", ".join(parts)
+
+
+def case_noise(case: dict) -> float:
+    """Relative noise of one case's p50 (see module docstring)."""
+    lat = case.get("latency_ms") or {}
+    between = float(lat.get("cv_between_repeats") or 0.0)
+    within = float(lat.get("cv_within_repeats") or 0.0)
+    n = int(lat.get("iterations") or 0)
+    se = MEDIAN_SE_FACTOR * within / math.sqrt(n) if n > 0 and within > 0 else 0.0
+    return max(between, se)
+
+
+def _acc(case: dict) -> float | None:
+    a = case.get("accuracy")
+    if isinstance(a, dict):
+        a = a.get("value")
+    return float(a) if isinstance(a, (int, float)) else None
+
+
+def compare_reports(
+    new: dict,
+    baseline: dict,
+    max_regression: float = 0.10,
+    max_accuracy_drop: float = 0.0,
+    *,
+    noise_factor: float = 1.0,
+    fail_on_missing: bool = False,
+) -> CompareResult:
+    """Compare two benchmark reports (schema.json, kind benchmark-report) case by case (by name)."""
+    if max_regression < 0 or max_accuracy_drop < 0 or noise_factor < 0:
+        raise DataError("max_regression, max_accuracy_drop and noise_factor must be >= 0")
+    new_cases = {c["name"]: c for c in new.get("cases", [])}
+    base_cases = {c["name"]: c for c in baseline.get("cases", [])}
+    result = CompareResult([], max_regression, max_accuracy_drop, noise_factor, fail_on_missing)
+
+    env_n, env_b = new.get("environment") or {}, baseline.get("environment") or {}
+    for key in ("cpu_model", "board", "logical_cores"):
+        if key in env_n and key in env_b and env_n[key] != env_b[key]:
+            result.warnings.append(f"environment differs: {key} {env_b[key]!r} (baseline) vs {env_n[key]!r} (new)")
+
+    for name, b in base_cases.items():
+        n = new_cases.get(name)
+        if n is None:
+            result.cases.append(CaseComparison(
+                name, "missing", runtime=b.get("runtime"), batch=b.get("batch"),
+                base_p50=b["latency_ms"]["p50"], base_accuracy=_acc(b),
+                messages=["case is in the baseline but not in the new report"],
+            ))
+            continue
+        cc = CaseComparison(name, "ok", runtime=n.get("runtime"), batch=n.get("batch"),
+                            base_p50=b["latency_ms"]["p50"], new_p50=n["latency_ms"]["p50"],
+                            base_accuracy=_acc(b), new_accuracy=_acc(n))
+        diffs = [k for k in ("runtime", "batch", "threads", "source") if n.get(k) != b.get(k)]
+        if diffs:
+            cc.status = "incomparable"
+            cc.messages.append("settings differ: " + ", ".join(f"{k} {b.get(k)!r} -> {n.get(k)!r}" for k in diffs))
+        else:
+            cc.noise = max(case_noise(n), case_noise(b))
+            cc.limit_ratio = 1.0 + max_regression + noise_factor * cc.noise
+            if cc.base_p50 and cc.base_p50 > 0:
+                cc.ratio = cc.new_p50 / cc.base_p50
+                if cc.new_p50 > cc.base_p50 * cc.limit_ratio:
+                    cc.latency_regression = True
+                    cc.messages.append(
+                        f"p50 {cc.new_p50:.4g} ms is {cc.ratio:.2f}x the baseline {cc.base_p50:.4g} ms "
+                        f"(limit {cc.limit_ratio:.3f}x = 1 + {max_regression:.3g} allowed + {noise_factor * cc.noise:.3g} noise)"
+                    )
+                elif cc.new_p50 * cc.limit_ratio < cc.base_p50:
+                    cc.status = "improved"
+            if n.get("sha256") and b.get("sha256") and n["sha256"] != b["sha256"]:
+                cc.messages.append("artifact changed (sha256 differs)")
+        if cc.base_accuracy is not None and cc.new_accuracy is not None:
+            if cc.new_accuracy < cc.base_accuracy - max_accuracy_drop - 1e-12:
+                cc.accuracy_regression = True
+                cc.messages.append(
+                    f"accuracy {cc.new_accuracy:.4f} < baseline {cc.base_accuracy:.4f} - allowed drop {max_accuracy_drop:.4f}"
+                )
+        elif cc.base_accuracy is not None:
+            cc.messages.append("the baseline has an accuracy, the new report does not")
+        if cc.failed:
+            cc.status = "regression"
+        result.cases.append(cc)
+
+    for name, n in new_cases.items():
+        if name not in base_cases:
+            result.cases.append(CaseComparison(
+                name, "new", runtime=n.get("runtime"), batch=n.get("batch"), new_p50=n["latency_ms"]["p50"],
+                new_accuracy=_acc(n), messages=["no baseline for this case"],
+            ))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+_ICON = {"ok": "✅ ok", "improved": "🚀 improved", "regression": "❌ regression", "missing": "⚠️ missing",
+         "new": "🆕 new", "incomparable": "⚠️ incomparable"}
+
+
+def _md(s: Any) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def _f(v: float | None, fmt: str = "{:.4g}") -> str:
+    return "–" if v is None else fmt.format(v)
+
+
+def to_markdown(result: CompareResult) -> str:
+    """A Markdown summary (heading, one table row per case, notes) for a GitHub job summary."""
+    head = "❌ regression" if result.failed else "✅ no regression"
+    lines = [
+        f"### Benchmark comparison: {head}",
+        "",
+        f"{result.summary()}. A case regresses when its p50 exceeds the baseline p50 × (1 + "
+        f"{result.max_regression:.3g} + noise), noise = max(cv between repeats, 1.25·cv/√n) of both reports; "
+        f"accuracy may drop by {result.max_accuracy_drop:.3g}.",
+        "",
+        "| Case | Runtime | Batch | Base p50 (ms) | New p50 (ms) | Change | Limit | Accuracy (base → new) | Status |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for c in result.cases:
+        change = "–" if c.ratio is None else f"{(c.ratio - 1) * 100:+.1f}%"
+        limit = "–" if c.limit_ratio is None else f"+{(c.limit_ratio - 1) * 100:.1f}%"
+        acc = "–"
+        if c.base_accuracy is not None or c.new_accuracy is not None:
+            acc = f"{_f(c.base_accuracy, '{:.4f}')} → {_f(c.new_accuracy, '{:.4f}')}"
+        lines.append(
+            f"| {_md(c.name)} | {_md(c.runtime or '–')} | {_f(c.batch, '{}')} | {_f(c.base_p50)} | {_f(c.new_p50)} "
+            f"| {change} | {limit} | {acc} | {_ICON.get(c.status, c.status)} |"
+        )
+    notes = [f"- **{_md(c.name)}**: {_md(m)}" for c in result.cases for m in c.messages]
+    notes += [f"- {_md(w)}" for w in result.warnings]
+    if notes:
+        lines += ["", "<details><summary>Notes</summary>", "", *notes, "", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def to_junit(result: CompareResult) -> str:
+    """JUnit XML: one testcase per case, <failure> for regressions (and missing cases with
+    fail_on_missing), <skipped> for missing / new / incomparable cases."""
+    suites = ET.Element("testsuites", name="benchmark-compare")
+    suite = ET.SubElement(suites, "testsuite", name="benchmarks")
+    props = ET.SubElement(suite, "properties")
+    for k, v in (("max_regression", result.max_regression), ("max_accuracy_drop", result.max_accuracy_drop),
+                 ("noise_factor", result.noise_factor)):
+        ET.SubElement(props, "property", name=k, value=str(v))
+    failures = skipped = 0
+    for c in result.cases:
+        tc = ET.SubElement(suite, "testcase", classname=f"benchmarks.{c.runtime or 'unknown'}", name=c.name,
+                           time=f"{(c.new_p50 or 0.0) / 1000.0:.6f}")
+        detail = "\n".join(c.messages)
+        if c.failed:
+            failures += 1
+            kinds = [k for k, f in (("LatencyRegression", c.latency_regression),
+                                    ("AccuracyRegression", c.accuracy_regression)) if f]
+            f = ET.SubElement(tc, "failure", message=c.messages[0] if c.messages else "regression", type="+".join(kinds))
+            f.text = detail
+        elif c.status == "missing" and result.fail_on_missing:
+            failures += 1
+            f = ET.SubElement(tc, "failure", message="case missing from the new report", type="MissingCase")
+            f.text = detail
+        elif c.status in ("missing", "new", "incomparable"):
+            skipped += 1
+            ET.SubElement(tc, "skipped", message=c.messages[0] if c.messages else c.status)
+        out = ET.SubElement(tc, "system-out")
+        g = lambda v: "none" if v is None else f"{v:.6g}"  # noqa: E731
+        out.text = (
+            f"status={c.status} base_p50_ms={g(c.base_p50)} new_p50_ms={g(c.new_p50)} ratio={g(c.ratio)} "
+            f"limit={g(c.limit_ratio)} noise={g(c.noise)} base_accuracy={g(c.base_accuracy)} "
+            f"new_accuracy={g(c.new_accuracy)}"
+            + (f"\n{detail}" if detail else "")
+        )
+    suite.set("tests", str(len(result.cases)))
+    suite.set("failures", str(failures))
+    suite.set("errors", "0")
+    suite.set("skipped", str(skipped))
+    suites.set("tests", str(len(result.cases)))
+    suites.set("failures", str(failures))
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Input
+# ---------------------------------------------------------------------------------------------
+def load_report(path: str | os.PathLike) -> dict:
+    """Read and validate a report; a bench.py case result is accepted and wrapped as a one-case report.
+    Raises DataError with one clear line."""
+    from benchmarks.harness import case_from_results, make_report, validation_errors
+
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    errors = validation_errors(doc)
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise DataError(f"{path}: not a valid benchmark report: {errors[0]}{more}")
+    if doc["kind"] == "case-result":
+        env = dict(doc["environment"])
+        return make_report([case_from_results([doc], name=doc["name"])], environment=env)
+    return doc
+
+
+def parse_fraction(s: str) -> float:
+    """'10%' -> 0.10, '0.1' -> 0.1; bare numbers above 1 are refused as ambiguous."""
+    t = str(s).strip()
+    try:
+        if t.endswith("%"):
+            v = float(t[:-1]) / 100.0
+        else:
+            v = float(t)
+            if v > 1:
+                raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: write a percentage (10%) or a fraction (0.10)") from None
+    if v < 0 or not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{s!r}: must be >= 0")
+    return v
+
+
+def _write(path: str, text: str) -> None:
+    append = bool(os.environ.get("GITHUB_STEP_SUMMARY")) and os.path.abspath(path) == os.path.abspath(
+        os.environ["GITHUB_STEP_SUMMARY"]
+    )
+    with open(path, "a" if append else "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _Parser(prog="python -m benchmarks.compare", description="Gate a benchmark report against a baseline.")
+    p.add_argument("new", help="new benchmark report (JSON)")
+    p.add_argument("baseline", help="stored baseline report (JSON)")
+    p.add_argument("--max-regression", type=parse_fraction, default=0.10, help="allowed p50 growth: 10%% or 0.10")
+    p.add_argument("--max-accuracy-drop", type=parse_fraction, default=0.0, help="allowed accuracy drop (0)")
+    p.add_argument("--noise-factor", type=float, default=1.0, help="multiplier of the measured noise (1.0)")
+    p.add_argument("--fail-on-missing", action="store_true", help="a baseline case absent from new fails")
+    p.add_argument("--markdown", default=None, help="write a Markdown summary (appends to $GITHUB_STEP_SUMMARY)")
+    p.add_argument("--junit", default=None, help="write JUnit XML")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        new = load_report(args.new)
+        base = load_report(args.baseline)
+        result = compare_reports(new, base, args.max_regression, args.max_accuracy_drop,
+                                 noise_factor=args.noise_factor, fail_on_missing=args.fail_on_missing)
+    except DataError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+    try:
+        if args.markdown:
+            _write(args.markdown, to_markdown(result))
+        if args.junit:
+            _write(args.junit, to_junit(result))
+    except OSError as e:
+        print(f"error: cannot write output: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        for c in result.cases:
+            ratio = "" if c.ratio is None else f" {c.ratio:.3f}x (limit {c.limit_ratio:.3f}x)"
+            print(f"{c.status:12} {c.name}{ratio}" + (f"  {c.messages[0]}" if c.failed and c.messages else ""))
+        for w in result.warnings:
+            print(f"warning: {w}")
+        print(result.summary())
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

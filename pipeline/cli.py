@@ -1,0 +1,133 @@
+"""Command line: `python -m pipeline run|targets|init|...`.
+
+Exit codes: 0 done, 1 a gate or regression failed, 2 bad input or config, 3 a missing dependency.
+Errors print one clear line (and a fix); `--debug` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _console():
+    from rich.console import Console
+
+    # A pipe or CI log gets a wide table instead of rich's 80-column default.
+    return Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _err_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def cmd_run(args) -> int:
+    from pipeline.orchestrate import run_pipeline
+    from pipeline.recipe import load_recipe, recipe_to_yaml
+
+    recipe = load_recipe(args.config, args.set or [], args.target or None)
+    if args.print_config:
+        print(recipe_to_yaml(recipe), end="")
+        return 0
+    out = Path(args.out) if args.out else Path("runs") / recipe.name
+    console = _console()
+    console.print(f"[bold]run[/bold] {recipe.name} -> {out}  targets: {', '.join(recipe.targets)}")
+    result = run_pipeline(recipe, out, args.profiles or [], console=console)
+    from pipeline.summary import print_summary
+
+    print_summary(result.summary, console)
+    console.print(f"run.json: {out / 'run.json'}")
+    return 1 if result.failed_targets else 0
+
+
+def cmd_targets(args) -> int:
+    from rich.table import Table
+
+    from targets.base import get_backend
+    from targets.profiles import load_profiles
+
+    table = Table(title="device profiles")
+    for col in ("profile", "aliases", "backend", "arch", "precision", "threads", "runnable here", "install"):
+        table.add_column(col)
+    for p in load_profiles(args.profiles or []).values():
+        backend = get_backend(p.backend)
+        ok, why = backend.availability()
+        table.add_row(p.name, ", ".join(p.aliases), p.backend, p.cpu_arch, p.default_precision, str(p.threads),
+                      ("yes: " if ok else "no: ") + why, "" if ok else backend.install_hint())
+    _console().print(table)
+    return 0
+
+
+def cmd_init(args) -> int:
+    from pipeline.artifacts import atomic_write_text
+    from pipeline.errors import ConfigError
+    from pipeline.recipe import Recipe, recipe_to_yaml
+
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise ConfigError(f"{path} already exists", hint="choose another path or pass --force")
+    atomic_write_text(path, "# Edge pipeline recipe: every field shown with its default.\n" + recipe_to_yaml(Recipe()))
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m pipeline", description="Distill, prune, quantize, compile and "
+                                 "benchmark a PyTorch model for edge targets.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="teacher -> distill -> prune -> export -> per target quantize/compile/"
+                                     "evaluate/benchmark/bundle")
+    run.add_argument("--config", help="recipe YAML (default: the built-in recipe)")
+    run.add_argument("--target", action="append", help="profile name or alias, repeatable, or 'all'")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field, e.g. distill.epochs=5")
+    run.add_argument("--out", help="run folder (default runs/<recipe name>)")
+    run.add_argument("--profiles", action="append", help="extra device profile file or folder")
+    run.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    run.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    run.set_defaults(fn=cmd_run)
+
+    tg = sub.add_parser("targets", help="list device profiles and what runs on this host")
+    tg.add_argument("--profiles", action="append", help="extra device profile file or folder")
+    tg.set_defaults(fn=cmd_targets)
+
+    init = sub.add_parser("init", help="write a starter recipe with every field and its default")
+    init.add_argument("path", nargs="?", default="recipe.yaml")
+    init.add_argument("--force", action="store_true")
+    init.set_defaults(fn=cmd_init)
+
+    from pipeline import cli_tools
+
+    cli_tools.add_commands(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.errors import PipelineError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("PIPELINE_DEBUG") == "1"
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except PipelineError as e:
+        if debug:
+            raise
+        from rich.markup import escape
+
+        _err_console().print(f"[red]error:[/red] {escape(e.message)}", soft_wrap=True)
+        if e.hint:
+            _err_console().print(f"  fix: {e.hint}", markup=False, soft_wrap=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        _err_console().print("interrupted: finished stages are kept; run the same command again to resume")
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Loading users' checkpoints safely.
+
+`torch.load(weights_only=True)` by default: a pickled full model runs code when unpickled,
+so it is only accepted with an explicit opt-in. State dicts may be wrapped
+({"state_dict": ...}, {"model": ...}) and carry prefixes (DataParallel's `module.`);
+TorchScript archives are read with torch.jit.load.
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.errors import CheckpointError
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "weights", "ema")
+STRIP_PREFIXES = ("module.", "model.", "_orig_mod.", "net.")
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist", hint="check teacher.checkpoint")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty", hint="re-save or re-download it")
+    if _is_torchscript(path):
+        try:
+            return torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:
+            raise CheckpointError(f"TorchScript file {path} could not be loaded: {e}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        text = str(e)
+        if "Weights only load failed" in text or "weights_only" in text or "Unsupported global" in text:
+            if not allow_pickle:
+                raise CheckpointError(
+                    f"checkpoint {path} is a pickled object, not plain weights; unpickling it could run code",
+                    hint="save model.state_dict() instead, or set teacher.allow_pickle=true if you trust this file") from None
+            try:
+                return torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as e2:
+                raise CheckpointError(f"checkpoint {path} could not be unpickled: {type(e2).__name__}: {e2}") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch checkpoint ({type(e).__name__}: {text[:200]})",
+                              hint="re-save or re-download it") from None
+
+
+def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, dict):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+        for k in WRAPPER_KEYS:
+            if k in obj:
+                return extract_state_dict(obj[k])
+    raise CheckpointError("the checkpoint holds no state dict",
+                          hint=f"save model.state_dict(), or a dict with one of the keys {list(WRAPPER_KEYS)}")
+
+
+def remap_prefixes(sd: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes (e.g. DataParallel's `module.`) when that makes the keys match."""
+    for _ in range(3):
+        if set(sd) & expected:
+            break
+        for p in STRIP_PREFIXES:
+            if sd and all(k.startswith(p) for k in sd):
+                sd = {k[len(p):]: v for k, v in sd.items()}
+                break
+        else:
+            break
+    return sd
+
+
+def key_diff(model_sd: dict, ckpt_sd: dict, limit: int = 8) -> str:
+    missing = sorted(set(model_sd) - set(ckpt_sd))
+    unexpected = sorted(set(ckpt_sd) - set(model_sd))
+    shape = sorted(k for k in set(model_sd) & set(ckpt_sd) if tuple(model_sd[k].shape) != tuple(ckpt_sd[k].shape))
+    parts = []
+    for label, keys in (("missing in checkpoint", missing), ("unexpected in checkpoint", unexpected)):
+        if keys:
+            more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+            parts.append(f"{label}: {', '.join(keys[:limit])}{more}")
+    if shape:
+        parts.append("shape mismatch: " + ", ".join(
+            f"{k} model {tuple(model_sd[k].shape)} vs checkpoint {tuple(ckpt_sd[k].shape)}" for k in shape[:limit]))
+    return "; ".join(parts)
+
+
+def load_into(model: nn.Module, path: str | Path, allow_pickle: bool = False) -> nn.Module:
+    """Load weights into `model` strictly; returns the model (or the TorchScript / pickled model itself)."""
+    obj = read_checkpoint(path, allow_pickle)
+    if isinstance(obj, torch.jit.ScriptModule):
+        return obj
+    if isinstance(obj, nn.Module) and allow_pickle:
+        return obj
+    sd = extract_state_dict(obj)
+    model_sd = model.state_dict()
+    sd = remap_prefixes(sd, set(model_sd))
+    diff = key_diff(model_sd, sd)
+    if diff:
+        raise CheckpointError(f"checkpoint {path} does not match the model: {diff}",
+                              hint="check teacher.model / kwargs, or the checkpoint you meant")
+    model.load_state_dict(sd, strict=True)
+    return model

@@ -1,0 +1,241 @@
+"""The recipe: a typed schema with a default for every field.
+
+The default run needs no file at all. A YAML file (`--config`) and repeated
+`--set dotted.key=value` overrides are layered on top, then validated; a validation
+error names the field path, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.distill.losses import DEFAULT_TERMS, LossTerm
+from pipeline.errors import ConfigError
+
+
+class Section(BaseModel):
+    # Unknown keys are typos: refuse them instead of silently ignoring them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(Section):
+    val: float = Field(0.15, gt=0, lt=0.5, description="fraction of the data held out for selection")
+    test: float = Field(0.2, gt=0, lt=0.5, description="fraction held out for the final test (never used for selection)")
+
+
+class DataConfig(Section):
+    source: str = Field("builtin:digits", description="builtin:digits | builtin:mnist | imagefolder | cifar | npz")
+    path: Optional[str] = Field(None, description="folder or file for imagefolder/cifar/npz sources")
+    input_size: int = Field(32, ge=4, le=1024, description="square input side in pixels")
+    channels: Literal[1, 3] = 1
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+    mean: list[float] = Field(default_factory=lambda: [0.5])
+    std: list[float] = Field(default_factory=lambda: [0.5])
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    augment: bool = Field(False, description="random crop with padding + horizontal flip on the training split")
+    hflip: bool = Field(False, description="horizontal flips in augmentation (off for digits: mirrored digits are other glyphs)")
+    bad_images: Literal["skip", "error"] = "skip"
+    limit: Optional[int] = Field(None, ge=10, description="keep at most this many training images (quick runs)")
+
+    @model_validator(mode="after")
+    def _norm_len(self):
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if len(v) not in (1, self.channels):
+                raise ValueError(f"{name} must have 1 or {self.channels} values (one per channel), got {len(v)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        return self
+
+
+class TrainConfig(Section):
+    epochs: int = Field(12, ge=0, le=10000)
+    lr: float = Field(0.05, gt=0, le=10)
+    batch_size: int = Field(64, ge=1, le=65536)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, lt=1)
+
+
+class FinetuneConfig(Section):
+    epochs: int = Field(0, ge=0, le=10000, description="adapt a given teacher to the data for this many epochs (0: off)")
+    lr: float = Field(0.01, gt=0, le=10)
+
+
+class TeacherConfig(Section):
+    model: str = Field("builtin:resnet8", description="builtin:NAME | torchvision:NAME | timm:NAME | pkg.mod:callable | file.py:callable")
+    kwargs: dict[str, Any] = Field(default_factory=lambda: {"width": 32})
+    checkpoint: Optional[str] = Field(None, description="weights to load instead of training the teacher here")
+    allow_pickle: bool = Field(False, description="allow a pickled full model (unpickling runs code: only for files you trust)")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=8))
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    min_accuracy: float = Field(0.0, ge=0, le=1, description="stop when the teacher's validation accuracy is below this")
+
+
+class StudentConfig(Section):
+    model: str = "builtin:small_cnn"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    max_macs_ratio: float = Field(0.2, gt=0, le=1.0, description="warn when student MACs exceed this fraction of the teacher's")
+
+
+class DistillConfig(TrainConfig):
+    epochs: int = Field(30, ge=0, le=10000)
+    losses: list[LossTerm] = Field(default_factory=lambda: [t.model_copy() for t in DEFAULT_TERMS])
+    cache_teacher_outputs: bool = Field(True, description="compute teacher logits once when inputs are deterministic")
+    nproc: int = Field(1, ge=1, le=64, description="processes for DDP distillation under torchrun")
+
+
+class PruneConfig(Section):
+    enabled: bool = False
+    method: Literal["structured", "unstructured"] = "structured"
+    ratio: float = Field(0.5, ge=0, lt=1, description="fraction of channels (structured) or weights (unstructured) removed")
+    target_macs_ratio: Optional[float] = Field(None, gt=0, lt=1, description="prune until MACs <= this fraction")
+    global_pruning: bool = False
+    steps: int = Field(1, ge=1, le=100)
+    round_to: Optional[int] = Field(8, ge=1)
+    exclude: list[str] = Field(default_factory=list, description="module paths never pruned (the classifier always is)")
+    recovery: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=10, lr=0.01))
+
+
+class ExportConfig(Section):
+    opset: int = Field(17, ge=13, le=21)
+    max_abs_diff: float = Field(1e-3, gt=0, description="parity gate: max |logit difference| ONNX Runtime vs PyTorch")
+    min_top1_agreement: float = Field(0.999, ge=0, le=1)
+
+
+class CalibrationConfig(Section):
+    samples: int = Field(256, ge=1, le=100000)
+    method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    percentile: float = Field(99.99, gt=50, le=100)
+    bins: int = Field(2048, ge=128, le=65536, description="histogram bins for entropy/percentile")
+    seed: int = 0
+
+
+class QuantizeConfig(Section):
+    enabled: bool = True
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="budget vs the FP32 student on the test split")
+    fallback: bool = Field(True, description="keep the most sensitive layers in higher precision until the budget holds")
+    max_fallback_layers: int = Field(8, ge=0)
+
+
+class BenchmarkConfig(Section):
+    enabled: bool = True
+    repeats: int = Field(3, ge=1, le=50)
+    warmup: int = Field(20, ge=0)
+    min_iters: int = Field(50, ge=1)
+    min_time_s: float = Field(0.5, gt=0)
+    max_time_s: float = Field(20.0, gt=0)
+    batch: int = Field(1, ge=1)
+    threads: Optional[int] = Field(None, ge=1, description="default: the profile's threads, capped by this host's cores")
+
+
+class Recipe(Section):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    targets: list[str] = Field(default_factory=lambda: ["jetson"])
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_nonempty(cls, v):
+        if not v:
+            raise ValueError("at least one target is needed")
+        return v
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _parse_value(text: str) -> Any:
+    """A --set value is YAML (so 3, 0.5, true, [a, b] mean what they look like), never eval'd."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_set(data: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r} is not of the form dotted.key=value",
+                          hint="e.g. --set distill.epochs=5")
+    key, _, raw = assignment.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {assignment!r} has an empty key", hint="e.g. --set distill.epochs=5")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:i + 1])} is not a section")
+        node = nxt
+    node[parts[-1]] = _parse_value(raw)
+
+
+def _describe_error(err: dict) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "<recipe>"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown field (check the spelling; `python -m pipeline run --print-config` shows every field)"
+    value = err.get("input")
+    shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
+    allowed = ""
+    ctx = err.get("ctx") or {}
+    if "expected" in ctx:
+        allowed = f" (allowed: {ctx['expected']})"
+    return f"{loc} = {shown}: {msg}{allowed}"
+
+
+def validate_recipe(data: dict, origin: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        lines = [_describe_error(err) for err in e.errors()]
+        raise ConfigError(f"invalid {origin}: " + "; ".join(lines),
+                          hint="fix the value(s) above in the recipe file or the --set option") from None
+
+
+def load_recipe(path: str | Path | None = None, sets: list[str] = (), targets: list[str] | None = None) -> Recipe:
+    data: dict = {}
+    origin = "default recipe"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"recipe file {p} does not exist", hint="check the --config path")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"recipe {p} is not valid YAML{where}: {getattr(e, 'problem', e)}",
+                              hint="fix the YAML syntax (indentation, colons, quotes)") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"recipe {p} is not a UTF-8 text file", hint="pass a YAML recipe") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"recipe {p} must be a YAML mapping of sections, got {type(loaded).__name__}",
+                              hint="start from `python -m pipeline init`")
+        data = loaded
+        origin = f"recipe {p}"
+    for s in sets:
+        apply_set(data, s)
+    if targets:
+        data["targets"] = list(targets)
+    return validate_recipe(data, origin)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,167 @@
+"""bundle: per target a folder and a .tar.gz that run where nothing but the runtime is installed.
+
+Contents: the model files, manifest.json, run.py + runtime.py (runtime + numpy only), bench.py
+(the host harness's JSON schema), requirements.txt (pinned), samples with expected outputs,
+SHA256SUMS, README.md; backends add their own (TensorRT: engine build scripts).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.artifacts import sha256_file
+from pipeline.runner import Runner, StageContext, StageResult, environment
+from pipeline.stages.data import read_splits
+
+MANIFEST_SCHEMA_VERSION = "1"
+STANDALONE = Path(__file__).resolve().parents[2] / "targets" / "standalone"
+SAMPLES = 8
+
+
+def write_checksums(root: Path) -> None:
+    lines = [f"{sha256_file(p)}  {p.relative_to(root).as_posix()}"
+             for p in sorted(root.rglob("*")) if p.is_file() and p.name != "SHA256SUMS"]
+    (root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
+def make_tarball(folder: Path, tar_path: Path) -> None:
+    def clean(ti: tarfile.TarInfo) -> tarfile.TarInfo:
+        ti.uid = ti.gid = 0
+        ti.uname = ti.gname = ""
+        ti.mtime = 0  # reproducible archives
+        return ti
+
+    with tarfile.open(tar_path, "w:gz") as tar:
+        for p in sorted(folder.rglob("*")):
+            tar.add(p, arcname=f"{folder.name}/{p.relative_to(folder).as_posix()}", recursive=False, filter=clean)
+
+
+def _readme(manifest: dict, notes: list[str]) -> str:
+    m = manifest
+    metric_lines = []
+    for k, v in m["metrics"].items():
+        if isinstance(v, dict) and "value" in v:
+            metric_lines.append(f"| {k} | {v['value']} | {v['source']} |")
+    lines = [
+        f"# {m['name']}: {m['profile']['name']} deployment bundle",
+        "",
+        f"Model `{m['model']['file']}` ({m['model']['precision']}, runtime {m['model']['runtime']}) for "
+        f"{m['profile']['description'] or m['profile']['name']}.",
+        "",
+        "## Use",
+        "```",
+        "python -m venv venv && . venv/bin/activate && pip install -r requirements.txt",
+        "python run.py --check-samples          # checksums + expected outputs",
+        "python run.py image.png                # top-5 as JSON (Pillow needed for image files)",
+        "python bench.py MODEL --json bench.json --source device-measured",
+        "```",
+        "Then on the host: `python -m pipeline import-results RUN_DIR bench.json`.",
+        "",
+        "## Input",
+        f"`{m['input']['name']}` {m['input']['shape']} {m['input']['dtype']} {m['input']['layout']}; preprocessing: "
+        f"`{json.dumps(m['preprocessing'])}`",
+        "",
+        "## Metrics (each with its source)",
+        "| metric | value | source |",
+        "|---|---|---|",
+        *metric_lines,
+        "",
+        *[f"- {n}" for n in notes],
+        "",
+        "Every file is listed in SHA256SUMS; run.py checks them before loading the model.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run_bundle(runner: Runner, recipe, profile, backend, data: StageResult, quant: StageResult,
+               compile_: StageResult, evaluate: StageResult, bench: StageResult | None,
+               estimate: dict, inputs: dict[str, StageResult]) -> StageResult:
+    from pipeline.stages.target import built_from
+
+    name = f"{recipe.name}-{profile.name}"
+
+    def fn(ctx: StageContext) -> None:
+        built = built_from(quant, "int8")
+        splits = read_splits(data)
+        root = ctx.dir / name
+        (root / "samples").mkdir(parents=True)
+        for f in built.files:
+            shutil.copyfile(f, root / f.name)
+        for script in ("runtime.py", "run.py", "bench.py"):
+            shutil.copyfile(STANDALONE / script, root / script)
+        # Samples: preprocessed test images and the outputs this host's runtime gives for them.
+        from targets.standalone.runtime import load_model as load_runtime
+
+        m = load_runtime(root / built.model_file.name, threads=1)
+        samples = []
+        for i in range(min(SAMPLES, len(splits.x_test))):
+            x = splits.x_test[i:i + 1]
+            fname = f"sample_{i}.npy"
+            np.save(root / "samples" / fname, x)
+            xin = x.transpose(0, 2, 3, 1).copy() if m.layout == "nhwc" else x
+            logits = m.run(xin)[0]
+            samples.append({"file": fname, "label": int(splits.y_test[i]), "top1": int(logits.argmax()),
+                            "logits": [float(v) for v in logits]})
+        (root / "samples" / "expected.json").write_text(json.dumps(
+            {"atol": 1e-3, "runtime": m.runtime, "runtime_version": m.runtime_version, "samples": samples}, indent=1))
+        ev = evaluate.metrics["int8"]
+        bm = (bench.metrics.get("int8") if bench else None) or {}
+        metrics: dict[str, Any] = {
+            "accuracy": {"value": ev["accuracy"], "source": "measured",
+                         "numerics": ev["numerics"], "split": "test", "samples": ev["samples"]},
+            "accuracy_drop_vs_fp32_student": {"value": ev["accuracy_drop_vs_fp32_student"], "source": "measured"},
+            "top1_agreement_vs_fp32_student": {"value": ev["top1_agreement"], "source": "measured"},
+        }
+        if bm:
+            metrics["latency_p50_ms"] = {"value": bm["latency_ms"]["p50"], "source": bm["latency_ms"]["source"]}
+            metrics["latency_p90_ms"] = {"value": bm["latency_ms"]["p90"], "source": bm["latency_ms"]["source"]}
+            metrics["peak_rss_mb"] = {"value": bm["peak_rss_mb"]["value"], "source": bm["peak_rss_mb"]["source"]}
+        metrics["estimated_latency_p50_ms"] = {"value": estimate["latency_ms"]["p50"], "source": "estimated"}
+        manifest = {
+            "schema_version": MANIFEST_SCHEMA_VERSION,
+            "name": name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "profile": {"name": profile.name, "backend": profile.backend, "description": profile.description,
+                        "cpu_arch": profile.cpu_arch, "threads": profile.threads},
+            "model": {"file": built.model_file.name, "files": [f.name for f in built.files],
+                      "precision": built.precision, "runtime": m.runtime,
+                      "precision_hint": None, "kept_in_float": built.info.get("kept_in_float", [])},
+            "device_model_files": [],
+            "input": {"name": m.input_name, "shape": [1, *splits.input_shape] if m.layout != "nhwc"
+                      else [1, *splits.input_shape[1:], splits.input_shape[0]],
+                      "dtype": "float32", "layout": m.layout or "nchw"},
+            "preprocessing": {**splits.preprocessing, "layout": m.layout or "nchw"},
+            "labels": splits.class_names,
+            "toolchain": {**environment()["tools"], **_runtime_expectations(profile)},
+            "metrics": metrics,
+            "checks": compile_.metrics.get("compile", {}),
+            "files": {},
+        }
+        notes = backend.bundle_extras(built, profile, root, manifest) or []
+        (root / "requirements.txt").write_text("\n".join(backend.requirements()) + "\n")
+        (root / "README.md").write_text(_readme(manifest, notes))
+        manifest["files"] = {p.relative_to(root).as_posix(): sha256_file(p)
+                             for p in sorted(root.rglob("*")) if p.is_file()}
+        (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        write_checksums(root)
+        make_tarball(root, ctx.dir / f"{name}.tar.gz")
+        ctx.metrics.update(bundle=f"{name}", tarball=f"{name}.tar.gz", files=len(manifest["files"]) + 2)
+        ctx.notes.extend(notes)
+
+    deps = {"data": data, "quantize": quant, "compile": compile_, "evaluate": evaluate, **inputs}
+    if bench is not None:
+        deps["benchmark"] = bench
+    return runner.stage(f"bundle-{profile.name}", fn, config={"profile": profile.model_dump(mode="json"),
+                                                               "name": name, "estimate": estimate},
+                        inputs=deps, tools=["numpy"], label=f"bundle [{profile.name}]")
+
+
+def _runtime_expectations(profile) -> dict[str, Any]:
+    rt = profile.runtime.model_dump() if hasattr(profile.runtime, "model_dump") else dict(profile.runtime or {})
+    return {f"{k}_expected": v for k, v in rt.items() if v}

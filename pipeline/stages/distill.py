@@ -1,0 +1,91 @@
+"""distill: train the student from the teacher with the recipe's named, weighted loss terms."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.distill.losses import build_criterion, check_finite
+from pipeline.models.measure import count_macs, count_params
+from pipeline.models.spec import build_model
+from pipeline.runner import Runner, StageContext, StageResult
+from pipeline.stages.data import read_splits
+from pipeline.stages.models import load_model, save_model
+from pipeline.train import accuracy, fit, predict
+
+TOOLS = ["torch", "numpy"]
+
+
+def needs_features(terms) -> bool:
+    return any(t.name in ("fitnet", "at") for t in terms)
+
+
+def make_kd_loss(student, teacher, terms, x_train: np.ndarray, cache_outputs: bool):
+    """The loss closure for `fit`: student forward, teacher forward (or its cached logits), terms."""
+    example = torch.from_numpy(x_train[:2])
+    criterion = build_criterion(terms, student, teacher, example)
+    cached = None
+    if cache_outputs:
+        # Only valid when the teacher sees exactly the stored images (no random augmentation).
+        cached = torch.from_numpy(predict(teacher, x_train))
+        check_finite(cached, "the teacher's outputs", 0)
+    state = {"step": 0}
+
+    def loss_fn(model, xb, yb, idx, epoch):
+        check_finite(xb, "the input batch", state["step"])
+        with torch.no_grad():
+            t_out = cached[idx] if cached is not None else teacher(xb)
+        check_finite(t_out, "the teacher's outputs", state["step"])
+        s_out = model(xb)
+        # mdistiller counts epochs from 1 (DKD warm-up); fit's loop counts from 0.
+        criterion.train(model.training)
+        total, parts = criterion(s_out, t_out, yb, epoch + 1)
+        state["step"] += 1
+        return total, parts
+
+    return loss_fn, criterion
+
+
+def distill_student(student, teacher, splits, cfg, seed: int, augment: bool, hflip: bool, desc: str = "distill"):
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    cache = cfg.cache_teacher_outputs and not augment and not needs_features(cfg.losses)
+    loss_fn, criterion = make_kd_loss(student, teacher, cfg.losses, splits.x_train, cache)
+    try:
+        hist = fit(student, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=cfg.epochs, lr=cfg.lr,
+                   batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay, seed=seed,
+                   loss_fn=loss_fn, extra_params=list(criterion.parameters()), do_augment=augment, hflip=hflip,
+                   desc=desc)
+    finally:
+        criterion.close()
+    return hist, cache
+
+
+def run_distill(runner: Runner, recipe, data: StageResult, teacher: StageResult) -> StageResult:
+    cfg, scfg = recipe.distill, recipe.student
+
+    def fn(ctx: StageContext) -> None:
+        splits = read_splits(data)
+        c, n = splits.input_shape[0], splits.num_classes
+        torch.manual_seed(recipe.seed)
+        student = build_model(scfg.model, scfg.kwargs, c, n)
+        t_model = load_model(teacher.dir)
+        hist, cached = distill_student(student, t_model, splits, cfg, recipe.seed, recipe.data.augment,
+                                       recipe.data.hflip)
+        student.eval()
+        save_model(student, ctx.dir, scfg.model, scfg.kwargs, c, n)
+        shape = (1, c, *splits.input_shape[1:])
+        ctx.metrics.update(val_accuracy=hist.best_val_accuracy, best_epoch=hist.best_epoch,
+                           test_accuracy=accuracy(predict(student, splits.x_test), splits.y_test),
+                           params=count_params(student), macs=count_macs(student, shape),
+                           history=hist.epochs, teacher_outputs_cached=cached,
+                           losses=[t.model_dump(mode="json", exclude_none=True) for t in cfg.losses])
+        ratio = ctx.metrics["macs"] / max(teacher.metrics["macs"], 1)
+        ctx.metrics["macs_ratio_vs_teacher"] = ratio
+        if ratio > scfg.max_macs_ratio:
+            ctx.notes.append(f"warning: the student has {ratio:.2f}x the teacher's MACs "
+                             f"(more than student.max_macs_ratio={scfg.max_macs_ratio})")
+
+    config = {"distill": cfg.model_dump(mode="json", exclude={"nproc"}), "student": scfg.model_dump(mode="json"),
+              "seed": recipe.seed, "augment": recipe.data.augment, "hflip": recipe.data.hflip}
+    return runner.stage("distill", fn, config=config, inputs={"data": data, "teacher": teacher}, tools=TOOLS)

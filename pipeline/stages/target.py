@@ -1,0 +1,248 @@
+"""Per-target stages: convert (FP32 in the backend's format) -> quantize (with the accuracy
+budget's fallback) -> compile -> evaluate -> benchmark. The bundle stage is in bundle.py.
+
+Stage names carry the profile name (`quantize-jetson-orin-nano`) so every target has its own
+cache entries.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration.select import load_calibration_set
+from pipeline.errors import GateError
+from pipeline.runner import Runner, StageContext, StageResult
+from pipeline.stages.data import read_splits
+from pipeline.stages.models import load_model
+from targets.base import Backend, BuiltModel, CalibrationSpec, QuantizeRequest, get_backend
+
+BACKEND_TOOLS = {
+    "onnxruntime": ["onnxruntime", "onnx"],
+    "openvino": ["openvino", "nncf", "onnx"],
+    "litert": ["litert-torch", "ai-edge-litert", "torch", "torchao"],
+    "tensorrt": ["onnxruntime", "onnx", "tensorrt", "tensorrt-rtx"],
+}
+
+
+@dataclass
+class TargetOutcome:
+    profile: Any
+    stages: dict[str, StageResult] = field(default_factory=dict)
+    failed: str | None = None  # why this target stopped (a gate), else None
+
+
+def _built_to_json(built: BuiltModel, root: Path) -> dict:
+    return {"model_file": built.model_file.relative_to(root).as_posix(),
+            "files": [f.relative_to(root).as_posix() for f in built.files],
+            "precision": built.precision, "numerics": built.numerics, "info": built.info}
+
+
+def built_from(res: StageResult, variant: str) -> BuiltModel:
+    d = res.meta["metrics"][variant]
+    return BuiltModel(model_file=res.dir / d["model_file"], files=[res.dir / f for f in d["files"]],
+                      precision=d["precision"], numerics=d["numerics"], info=d["info"])
+
+
+def host_threads(profile, bench_cfg) -> int:
+    want = bench_cfg.threads or profile.threads
+    return max(1, min(want, os.cpu_count() or 1))
+
+
+def logits_of(model_file: Path, x: np.ndarray, threads: int | None = None, batch: int = 64) -> np.ndarray:
+    from targets.standalone.runtime import load_model as load_runtime
+
+    m = load_runtime(model_file, threads=threads)
+    if m.dynamic_batch:
+        return np.concatenate([m.run(x[i:i + batch]) for i in range(0, len(x), batch)])
+    return np.concatenate([m.run(x[i:i + 1]) for i in range(len(x))])
+
+
+def _request(recipe, profile, export: StageResult, calib: StageResult, model_stage: StageResult, out: Path,
+             exclude: list[str]) -> QuantizeRequest:
+    c = recipe.calibration
+    shape = tuple(json.loads(export.path("input.json").read_text())["shape"]) if export.path("input.json").exists() \
+        else None
+    x = load_calibration_set(calib.path("calibration.npz"))
+    return QuantizeRequest(fp32_onnx=export.path("model.onnx"), torch_model=load_model(model_stage.dir),
+                           input_shape=shape or (1, *x.shape[1:]), calibration=x,
+                           calib=CalibrationSpec(c.method, c.percentile, c.bins), profile=profile, out_dir=out,
+                           exclude_layers=list(exclude), threads=host_threads(profile, recipe.benchmark))
+
+
+def _profile_key(profile) -> dict:
+    return profile.model_dump(mode="json")
+
+
+def run_convert(runner: Runner, recipe, profile, backend: Backend, export, calib, model_stage) -> StageResult:
+    def fn(ctx: StageContext) -> None:
+        built = backend.fp32(_request(recipe, profile, export, calib, model_stage, ctx.dir / "fp32", []))
+        ctx.metrics["fp32"] = _built_to_json(built, ctx.dir)
+
+    return runner.stage(f"convert-{profile.name}", fn, config={"profile": _profile_key(profile)},
+                        inputs={"export": export, "model": model_stage}, tools=BACKEND_TOOLS[profile.backend],
+                        label=f"convert [{profile.name}]")
+
+
+def run_quantize(runner: Runner, recipe, profile, backend: Backend, data, export, calib, model_stage) -> StageResult:
+    """INT8 with the accuracy budget defended on the validation split (the test split stays unseen)."""
+    q = recipe.quantize
+
+    def fn(ctx: StageContext) -> None:
+        splits = read_splits(data)
+        ref = _torch_val_logits(model_stage, splits)
+        ref_acc = float((ref.argmax(1) == splits.y_val).mean())
+        threads = host_threads(profile, recipe.benchmark)
+
+        def attempt(exclude: list[str], tag: str) -> tuple[BuiltModel, float]:
+            out = ctx.dir / tag
+            if out.exists():
+                shutil.rmtree(out)
+            built = backend.quantize(_request(recipe, profile, export, calib, model_stage, out, exclude))
+            acc = float((logits_of(built.model_file, splits.x_val, threads).argmax(1) == splits.y_val).mean())
+            return built, ref_acc - acc
+
+        built, drop = attempt([], "int8")
+        tried = [{"kept_in_float": [], "val_accuracy_drop": round(drop, 5)}]
+        fallback = None
+        if drop > q.max_accuracy_drop and q.fallback and q.max_fallback_layers > 0:
+            fallback = _fallback(backend, export, model_stage, attempt, drop, q, tried)
+            if fallback is not None:
+                built, drop = fallback
+        ctx.metrics.update(int8=_built_to_json(built, ctx.dir), val_accuracy_fp32=ref_acc,
+                           val_accuracy_drop=drop, budget=q.max_accuracy_drop, tried=tried,
+                           kept_in_float=list(built.info.get("kept_in_float", [])),
+                           budget_held=drop <= q.max_accuracy_drop)
+        # Remove the attempts that were not kept.
+        keep = built.model_file.parent
+        for d in ctx.dir.iterdir():
+            if d.is_dir() and d != keep:
+                shutil.rmtree(d)
+
+    config = {"profile": _profile_key(profile), "quantize": q.model_dump(mode="json"),
+              "calibration": recipe.calibration.model_dump(mode="json")}
+    return runner.stage(f"quantize-{profile.name}", fn, config=config,
+                        inputs={"export": export, "calibration": calib, "model": model_stage, "data": data},
+                        tools=BACKEND_TOOLS[profile.backend], label=f"quantize [{profile.name}]")
+
+
+def _torch_val_logits(model_stage: StageResult, splits) -> np.ndarray:
+    from pipeline.train import predict
+
+    return predict(load_model(model_stage.dir), splits.x_val)
+
+
+def _fallback(backend, export, model_stage, attempt, drop, q, tried):
+    """Per-layer sensitivity (accuracy recovered by keeping that one layer in float), then keep the
+    most sensitive layers in float one by one until the budget holds."""
+    layers = backend.quantizable_layers(export.path("model.onnx"), load_model(model_stage.dir))
+    sens = []
+    for i, layer in enumerate(layers):
+        _, d = attempt([layer], f"sens-{i}")
+        sens.append((drop - d, layer))
+        tried.append({"kept_in_float": [layer], "val_accuracy_drop": round(d, 5), "kind": "sensitivity"})
+    sens.sort(key=lambda t: -t[0])
+    kept: list[str] = []
+    for gain, layer in sens[:q.max_fallback_layers]:
+        kept.append(layer)
+        built, d = attempt(list(kept), f"keep-{len(kept)}")
+        tried.append({"kept_in_float": list(kept), "val_accuracy_drop": round(d, 5), "kind": "fallback"})
+        if d <= q.max_accuracy_drop:
+            return built, d
+    return None
+
+
+def run_compile(runner: Runner, recipe, profile, backend: Backend, quant: StageResult) -> StageResult:
+    def fn(ctx: StageContext) -> None:
+        built = built_from(quant, "int8")
+        info = backend.compile(built, profile, ctx.dir)
+        ctx.metrics["compile"] = info
+        for n in info.get("notes", []):
+            ctx.notes.append(n)
+
+    return runner.stage(f"compile-{profile.name}", fn, config={"profile": _profile_key(profile)},
+                        inputs={"quantize": quant}, tools=BACKEND_TOOLS[profile.backend],
+                        label=f"compile [{profile.name}]")
+
+
+def run_evaluate(runner: Runner, recipe, profile, data: StageResult, export: StageResult,
+                 variants: dict[str, BuiltModel], inputs: dict[str, StageResult]) -> StageResult:
+    """Every artifact evaluated by its own runtime on the test split, against the FP32 student."""
+
+    def fn(ctx: StageContext) -> None:
+        splits = read_splits(data)
+        ref = np.load(export.path("test_logits.npy"))
+        student_acc = float((ref.argmax(1) == splits.y_test).mean())
+        threads = host_threads(profile, recipe.benchmark)
+        for name, built in variants.items():
+            got = logits_of(built.model_file, splits.x_test, threads)
+            acc = float((got.argmax(1) == splits.y_test).mean())
+            ctx.metrics[name] = {
+                "accuracy": acc, "accuracy_drop_vs_fp32_student": student_acc - acc,
+                "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
+                "max_abs_logit_diff": float(np.abs(got - ref).max()),
+                "numerics": built.numerics, "samples": int(len(got)),
+            }
+        ctx.metrics["fp32_student_accuracy"] = student_acc
+
+    return runner.stage(f"evaluate-{profile.name}", fn, config={"profile": profile.name},
+                        inputs={"data": data, "export": export, **inputs}, tools=BACKEND_TOOLS[profile.backend],
+                        label=f"evaluate [{profile.name}]")
+
+
+def run_benchmark(runner: Runner, recipe, name: str, label: str, cases: list[dict], inputs: dict[str, StageResult],
+                  extra_config: Any = None) -> StageResult:
+    """Measure each case in child processes (benchmarks/harness.py); cached on the artifacts' hashes
+    and this host, since a measurement is only reusable on the same machine."""
+    b = recipe.benchmark
+
+    def fn(ctx: StageContext) -> None:
+        from benchmarks.harness import bench_case
+
+        results = {}
+        for case in cases:
+            results[case["name"]] = bench_case(
+                case["model"], name=case["name"], batch=b.batch, threads=case["threads"],
+                precision_hint=case.get("precision_hint"), repeats=b.repeats, warmup=b.warmup,
+                min_iters=b.min_iters, min_time=b.min_time_s, source=case["source"])
+        (ctx.dir / "bench.json").write_text(json.dumps(results, indent=2))
+        ctx.metrics.update({k: _bench_summary(v) for k, v in results.items()})
+
+    from pipeline.runner import environment
+
+    env = environment()
+    host = {"cpu": env["cpu"], "cores": env["cores"], "node": os.uname().nodename}
+    config = {"benchmark": b.model_dump(mode="json"), "cases": [{k: v for k, v in c.items() if k != "model"}
+                                                                for c in cases], "host": host,
+              "extra": extra_config}
+    return runner.stage(name, fn, config=config, inputs=inputs, tools=["onnxruntime", "openvino", "ai-edge-litert"],
+                        label=label)
+
+
+def _bench_summary(case: dict) -> dict:
+    lat = case["latency_ms"]
+    rss = case.get("peak_rss_mb") or {}
+    return {"latency_ms": {"p50": lat["p50"], "p90": lat["p90"], "p99": lat.get("p99"),
+                           "cv_between_repeats": lat.get("cv_between_repeats"), "source": case["source"]},
+            "peak_rss_mb": {"value": rss.get("value"), "source": rss.get("source", case["source"])},
+            "file_size_bytes": case.get("file_size_bytes"), "threads": case.get("threads"),
+            "batch": case.get("batch")}
+
+
+def estimate_for(profile, onnx_file: Path, precision: str) -> dict:
+    """Roofline figures from the profile's published peaks: labelled `estimated`, never measured."""
+    from targets.estimate import estimate_latency, model_cost
+
+    cost = model_cost(onnx_file)
+    est = estimate_latency(cost, profile, precision=precision)
+    mem_mb = (cost.weight_bytes + cost.activation_bytes) / 1e6
+    return {"latency_ms": {"p50": round(est.latency_ms, 4), "p90": None, "source": "estimated",
+                           "bound": est.bound, "precision": est.precision},
+            "peak_rss_mb": {"value": round(mem_mb, 3), "source": "estimated",
+                            "note": "weights + activations moved; excludes the runtime itself"},
+            "macs": cost.macs}
