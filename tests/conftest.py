@@ -1,0 +1,65 @@
+"""Shared test helpers: run the real CLI in a child process with a fast recipe.
+
+FAST_SETS shrinks the default recipe (fewer epochs, 16x16 inputs, short benchmarks) without
+changing any code path; tests that need the real default sizes say so.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FAST_SETS = [
+    "teacher.train.epochs=3",
+    "distill.epochs=4",
+    "data.input_size=16",
+    "benchmark.repeats=1",
+    "benchmark.warmup=3",
+    "benchmark.min_iters=20",
+    "benchmark.min_time_s=0.05",
+    "calibration.samples=64",
+]
+
+
+def fast_args(extra_sets: list[str] = ()) -> list[str]:
+    args = []
+    for s in [*FAST_SETS, *extra_sets]:
+        args += ["--set", s]
+    return args
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PIPELINE_QUIET"] = "1"
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGS` in a child process; returns the CompletedProcess (text mode)."""
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd or ROOT, env=env or cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_run(out: Path) -> dict:
+    return json.loads((Path(out) / "run.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def fast_run(tmp_path_factory) -> Path:
+    """One fast end-to-end run for the onnxruntime and jetson targets, shared by many tests."""
+    out = tmp_path_factory.mktemp("fast_run") / "run"
+    p = run_cli("run", "--target", "onnxruntime", "--target", "jetson", "--out", str(out), *fast_args())
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return out
+
+
+def artifact(summary: dict, name: str) -> dict:
+    return next(a for a in summary["artifacts"] if a["name"] == name)
