@@ -177,6 +177,15 @@ def _sum_size(files) -> int:
     return sum(Path(f).stat().st_size for f in files)
 
 
+def _model_path(runner, path) -> str:
+    """The model file relative to the run folder (so a moved run folder still benches)."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(runner.out.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def build_summary(recipe, runner, data, teacher, student, pruned, export, teacher_onnx, host_bench, outcomes,
                   skipped, failed, seconds) -> dict:
     from pipeline.artifacts import sha256_file
@@ -188,12 +197,14 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
                      teacher.metrics["macs"], teacher_onnx.path("model.onnx").stat().st_size,
                      sha256_file(teacher_onnx.path("model.onnx")),
                      tb.get("latency_ms", _na()), tb.get("peak_rss_mb", {"value": None, "source": "not measured"}),
-                     val_accuracy=teacher.metrics["val_accuracy"], runtime="onnxruntime"))
+                     val_accuracy=teacher.metrics["val_accuracy"], runtime="onnxruntime",
+                     model_path=_model_path(runner, teacher_onnx.path("model.onnx"))))
     arts.append(_row("student", "student", None, "fp32", export.metrics["test_accuracy"], pruned.metrics["params"],
                      pruned.metrics["macs"], export.metrics["size_bytes"], sha256_file(export.path("model.onnx")),
                      sb.get("latency_ms", _na()), sb.get("peak_rss_mb", {"value": None, "source": "not measured"}),
                      val_accuracy=student.metrics["val_accuracy"], runtime="onnxruntime",
-                     pruned=bool(pruned.metrics.get("enabled"))))
+                     pruned=bool(pruned.metrics.get("enabled")),
+                     model_path=_model_path(runner, export.path("model.onnx"))))
     targets = {}
     for oc in outcomes:
         p = oc.profile
@@ -224,14 +235,16 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
                                  _sum_size(b.files), sha256_file(b.model_file), latency, rss, bundle,
                                  runtime=b.numerics, numerics=ev[variant]["numerics"],
                                  top1_agreement=ev[variant]["top1_agreement"],
-                                 estimated_latency_ms=est.get("latency_ms") if variant == "int8" else None))
+                                 estimated_latency_ms=est.get("latency_ms") if variant == "int8" else None,
+                                 model_path=_model_path(runner, b.model_file)))
             if "bf16" in bench:
                 bm = bench["bf16"]
                 b = built_from(st["convert"], "fp32")
                 arts.append(_row(f"{p.name}:bf16", "target", p.name, "bf16", None, pruned.metrics["params"],
                                  pruned.metrics["macs"], _sum_size(b.files), sha256_file(b.model_file),
                                  bm["latency_ms"], bm["peak_rss_mb"], None, runtime="openvino",
-                                 note="FP32 IR run with the bf16 inference hint (this CPU's default); accuracy not evaluated"))
+                                 note="FP32 IR run with the bf16 inference hint (this CPU's default); accuracy not evaluated",
+                                 model_path=_model_path(runner, b.model_file)))
         targets[p.name] = entry
     stages = [{k: r[k] for k in ("name", "stage", "cached", "seconds", "key", "dir", "notes")} for r in runner.records]
     notes = [n for r in runner.records for n in r["notes"]]

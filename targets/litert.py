@@ -5,11 +5,15 @@ FACTS.md: litert-torch converts the nn.Module directly; INT8 goes through its PT
 `litert_torch.to_channel_last_io` gives an NHWC input. Run with ai-edge-litert (XNNPACK).
 The ARM board is not this host, so host numbers are `host-measured`.
 
-Measured with litert-torch 0.10.0: a PT2E static model comes out with INT8 input and output
-(the converter folds the boundary quantize/dequantize into the signature). The default here
-is float I/O (`io_dtype="float"`): a QUANTIZE op is put after the input and a DEQUANTIZE
-before the output in the flatbuffer, so the bundle feeds the same float tensors as every other
-target. `io_dtype="int8"` keeps litert-torch's native integer I/O (scale/zero point in info).
+Measured with litert-torch 0.10.0: in its default QDQ conversion a PT2E static model comes out
+with INT8 input and output (the boundary quantize/dequantize are folded into the signature),
+and a conv left unannotated between DQ and Q is re-quantized by the converter, so excluding a
+layer has no effect. With the converter's `strict_qdq_mode` the I/O stays float32 (QUANTIZE
+after the input, DEQUANTIZE before the output, everything inside int8) and excluded layers
+stay float. Hence: `io_dtype="float"` (default, the bundle feeds the same float tensors as
+every other target) and any exclusion use strict mode; `io_dtype="int8"` keeps the native
+integer I/O (scale/zero point in info). If strict mode is unavailable, float I/O falls back to
+inserting QUANTIZE/DEQUANTIZE at the I/O in the flatbuffer (`float_io_rewrite`).
 
 Calibration methods (activation observers of the PT2E quantizer; weights are always per-channel
 symmetric min/max): minmax -> MinMaxObserver (exact); percentile -> a HistogramObserver whose
@@ -19,13 +23,15 @@ not KL divergence: no KL observer exists for PT2E).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import json
 import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +72,7 @@ class LiteRTBackend(Backend):
         import litert_torch
         import torch
         from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e import move_exported_model_to_eval
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         req.out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,7 +84,7 @@ class LiteRTBackend(Backend):
         quantizer.set_global(config)
 
         exported = torch.export.export(module, (sample,)).module()
-        prepared = prepare_pt2e(exported, quantizer)
+        prepared = move_exported_model_to_eval(prepare_pt2e(exported, quantizer))
         # Same batch size as the export (FACTS.md): a different batch breaks the static shapes.
         batch = int(sample.shape[0])
         calib = req.calibration
@@ -88,15 +95,26 @@ class LiteRTBackend(Backend):
             for x in torch_batches(calib[:used], batch):
                 prepared(x.permute(0, 2, 3, 1).contiguous() if layout == "nhwc" else x)
         converted = convert_pt2e(prepared, fold_quantize=False)
-        edge = litert_torch.convert(converted, (sample,),
-                                    quant_config=QuantConfig(pt2e_quantizer=quantizer))
+        converted.training = False  # attribute only: exported GraphModules refuse .eval()
 
+        # Strict QDQ conversion keeps float whatever has no Q/DQ around it (the excluded
+        # layers) and gives float I/O; the default mode re-quantizes a float conv sitting
+        # between DQ and Q (measured: an excluded conv came out int8) and folds the boundary
+        # Q/DQ into int8 I/O.
+        want_strict = io_dtype == "float" or bool(skip)
         out = req.out_dir / "model_int8.tflite"
         with tempfile.TemporaryDirectory() as tmp:
             native = Path(tmp) / "native.tflite"
-            edge.export(str(native))
+            with strict_qdq_conversion(want_strict) as strict:
+                if skip and not strict:
+                    raise RuntimeError("this litert-torch has no strict QDQ conversion mode: "
+                                       "layers cannot be kept in float")
+                edge = litert_torch.convert(converted, (sample,),
+                                            quant_config=QuantConfig(pt2e_quantizer=quantizer))
+                edge.export(str(native))
             native_io = _io_dtypes(native)
-            if io_dtype == "float" and native_io != {"float32"}:
+            rewritten = io_dtype == "float" and native_io != {"float32"}
+            if rewritten:  # fallback when strict mode is unavailable
                 float_io_rewrite(native, out)
             else:
                 shutil.copyfile(native, out)
@@ -105,11 +123,12 @@ class LiteRTBackend(Backend):
         info = {
             "format": "tflite", "tool": f"litert-torch {litert_torch.__version__} PT2EQuantizer",
             "layout": layout, "input_shape": list(sample.shape),
-            "weights": "int8 per-channel symmetric", "activations": "int8 static per-tensor",
+            "weights": "int8 per-channel symmetric", "activations": "int8 static per-tensor affine",
             "calibration": req.calib.method, "calibration_mapping": calib_note,
             "calibration_samples": used, "calibration_batch": batch,
             "io_dtype": check["io"]["input"][0]["dtype"] if check["io"]["input"] else None,
-            "io": check["io"], "native_io_dtype": sorted(native_io),
+            "io": check["io"], "requested_io_dtype": io_dtype,
+            "strict_qdq_conversion": strict, "float_io_rewritten": rewritten,
             "kept_in_float": skip, "full_integer": check["full_integer"],
         }
         return BuiltModel(model_file=out, files=[out], precision=precision, numerics="litert",
@@ -139,7 +158,7 @@ class LiteRTBackend(Backend):
         it.allocate_tensors()
         delegated = _delegated(it)
         check = check_full_integer(built.model_file)
-        return {
+        report = {
             "host_source": self.host_source,
             "loads": True,
             "threads": threads,
@@ -148,6 +167,12 @@ class LiteRTBackend(Backend):
             "full_integer_check": check,
             "io": check["io"],
         }
+        if out_dir is not None:
+            out_dir = Path(out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / f"{Path(built.model_file).stem}_check.json").write_text(
+                json.dumps(report, indent=2))
+        return report
 
     def requirements(self) -> list[str]:
         return [pin("ai-edge-litert"), pin("numpy")]
@@ -301,6 +326,41 @@ def resolve_module_names(model: Any, names: list[str]) -> list[str]:
         if hit not in out:
             out.append(hit)
     return out
+
+
+@contextlib.contextmanager
+def strict_qdq_conversion(enabled: bool):
+    """Run litert-torch's converter with `strict_qdq_mode=True` (yields whether it is on).
+
+    litert-torch 0.10.0 builds its `ConvertToTFLConfig` inside
+    `litert_converter.exported_programs_to_flatbuffer` and exposes no argument for this flag
+    (its V2 converter always sets it but rejects quant_config), so the config factory is
+    swapped for the duration of the call. Private API: when it is missing, yields False.
+    """
+    if not enabled:
+        yield False
+        return
+    try:
+        from litert_torch._convert import litert_converter as lc
+
+        ext = lc.converter_api_ext
+        orig = ext.ConvertToTFLConfig
+        if not hasattr(orig(), "strict_qdq_mode"):
+            raise AttributeError("strict_qdq_mode")
+    except (ImportError, AttributeError):
+        yield False
+        return
+
+    def strict_config():
+        cfg = orig()
+        cfg.strict_qdq_mode = True
+        return cfg
+
+    ext.ConvertToTFLConfig = strict_config
+    try:
+        yield True
+    finally:
+        ext.ConvertToTFLConfig = orig
 
 
 # -- flatbuffer: float I/O around an integer model ------------------------------------------

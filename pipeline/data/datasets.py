@@ -36,6 +36,7 @@ class Splits:
     y_test: np.ndarray
     class_names: list[str]
     preprocessing: dict[str, Any]
+    notes: list[str] = field(default_factory=list)  # what the source said (kind, counts, skipped files)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -91,7 +92,9 @@ def preprocess(images: np.ndarray, cfg) -> np.ndarray:
         x = x[..., ::-1]
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / 255.0).permute(0, 3, 1, 2)
     if t.shape[-2:] != (cfg.input_size, cfg.input_size):
-        t = F.interpolate(t, size=(cfg.input_size, cfg.input_size), mode="bilinear", align_corners=False)
+        # antialias: the same filter as Pillow's bilinear resize, which the bundle's run.py uses on a device.
+        t = F.interpolate(t, size=(cfg.input_size, cfg.input_size), mode="bilinear", align_corners=False,
+                          antialias=True)
     mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(cfg.std, dtype=torch.float32).view(1, -1, 1, 1)
     return ((t - mean) / std).numpy().astype(np.float32)
@@ -124,20 +127,51 @@ def split_indices(labels: np.ndarray, val: float, test: float, seed: int) -> dic
     return {"train": np.sort(train_idx), "val": np.sort(val_idx), "test": np.sort(test_idx)}
 
 
+def complete_splits(fixed: dict[str, np.ndarray], labels: np.ndarray, cfg, seed: int) -> dict[str, np.ndarray]:
+    """A source may fix only some splits (CIFAR: train/test): carve the missing ones from train."""
+    from sklearn.model_selection import train_test_split
+
+    out = {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in fixed.items()}
+    if "train" not in out:
+        raise DataError("the dataset fixes splits but has no train split", hint="add a train split")
+    for name, frac, s in (("test", cfg.split.test, seed), ("val", cfg.split.val, seed + 1)):
+        if name in out:
+            continue
+        pool = out["train"]
+        y = labels[pool]
+        counts = np.bincount(y)
+        strat = y if len(pool) and counts[counts > 0].min() >= 2 else None
+        if len(pool) < 3:
+            raise DataError(f"the train split of {cfg.source} has {len(pool)} images: too few to carve a {name} split",
+                            hint=f"add images, or give a fixed {name} split")
+        try:
+            keep, carved = train_test_split(pool, test_size=frac, random_state=s, stratify=strat)
+        except ValueError:  # too few images per class to stratify
+            keep, carved = train_test_split(pool, test_size=frac, random_state=s, stratify=None)
+        out["train"], out[name] = np.sort(keep), np.sort(carved)
+    return out
+
+
 def load_splits(cfg, seed: int) -> Splits:
     raw = load_raw(cfg)
     if len(raw.labels) == 0:
         raise DataError(f"the dataset {cfg.source} {cfg.path or ''} holds no images", hint="point data.path at a folder with images")
-    splits = raw.splits or split_indices(raw.labels, cfg.split.val, cfg.split.test, seed)
-    x = preprocess(raw.images, cfg)
+    if raw.splits:
+        splits = complete_splits(raw.splits, raw.labels, cfg, seed)
+    else:
+        splits = split_indices(raw.labels, cfg.split.val, cfg.split.test, seed)
     train = splits["train"]
     if cfg.limit is not None and len(train) > cfg.limit:
         train = np.sort(np.random.default_rng(seed).choice(train, cfg.limit, replace=False))
     for name in ("train", "val", "test"):
         if len(splits[name]) == 0:
             raise DataError(f"the {name} split of {cfg.source} is empty", hint="add images or change data.split")
-    return Splits(x[train], raw.labels[train], x[splits["val"]], raw.labels[splits["val"]],
-                  x[splits["test"]], raw.labels[splits["test"]], raw.class_names, preprocessing_spec(cfg))
+    # Preprocess only the images the splits use (a limit on a large dataset keeps memory small).
+    parts = [train, splits["val"], splits["test"]]
+    x = preprocess(raw.images[np.concatenate(parts)], cfg)
+    a, b = len(train), len(train) + len(splits["val"])
+    return Splits(x[:a], raw.labels[train], x[a:b], raw.labels[splits["val"]], x[b:], raw.labels[splits["test"]],
+                  raw.class_names, preprocessing_spec(cfg), list(raw.notes))
 
 
 def check_finite(x: np.ndarray, what: str) -> None:

@@ -7,6 +7,7 @@ TorchScript archives are read with torch.jit.load.
 """
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,31 +29,53 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+def _unsupported_global(text: str) -> str | None:
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    return m.group(1) if m else None
+
+
 def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Any:
+    """The checkpoint's object: a state dict (or a dict holding one), a TorchScript module, or - only with
+    allow_pickle - whatever the pickle holds. Without allow_pickle nothing in the file can run code."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist", hint="check teacher.checkpoint")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file", hint="point teacher.checkpoint at a .pt/.pth file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty", hint="re-save or re-download it")
     if _is_torchscript(path):
         try:
             return torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
-            raise CheckpointError(f"TorchScript file {path} could not be loaded: {e}") from None
+            raise CheckpointError(f"TorchScript file {path} could not be loaded: {type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''}",
+                                  hint="re-export it with torch.jit.save, or save model.state_dict() instead") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         text = str(e)
-        if "Weights only load failed" in text or "weights_only" in text or "Unsupported global" in text:
+        if "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text:
+            glob = _unsupported_global(text)
+            holds = f" (it names {glob})" if glob else ""
             if not allow_pickle:
                 raise CheckpointError(
-                    f"checkpoint {path} is a pickled object, not plain weights; unpickling it could run code",
-                    hint="save model.state_dict() instead, or set teacher.allow_pickle=true if you trust this file") from None
+                    f"checkpoint {path} is a pickled object, not plain weights{holds}; unpickling it could run "
+                    "code, so it was not loaded",
+                    hint="save model.state_dict() instead, or set teacher.allow_pickle=true if you trust this "
+                         "file") from None
             try:
-                return torch.load(path, map_location="cpu", weights_only=False)
+                return torch.load(path, map_location="cpu", weights_only=False)  # the user's explicit opt-in
+            except (AttributeError, ModuleNotFoundError, ImportError) as e2:
+                raise CheckpointError(
+                    f"checkpoint {path} could not be unpickled: {type(e2).__name__}: {e2}",
+                    hint="the classes it was saved with must be importable here (a class defined in the "
+                         "training script's __main__ is not); better: save model.state_dict()") from None
             except Exception as e2:
-                raise CheckpointError(f"checkpoint {path} could not be unpickled: {type(e2).__name__}: {e2}") from None
-        raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch checkpoint ({type(e).__name__}: {text[:200]})",
+                raise CheckpointError(f"checkpoint {path} could not be unpickled: {type(e2).__name__}: {e2}",
+                                      hint="re-save it, preferably as model.state_dict()") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch checkpoint ({type(e).__name__}: "
+                              f"{text.splitlines()[0][:200] if text else ''})",
                               hint="re-save or re-download it") from None
 
 
@@ -65,8 +88,12 @@ def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
         for k in WRAPPER_KEYS:
             if k in obj:
                 return extract_state_dict(obj[k])
-    raise CheckpointError("the checkpoint holds no state dict",
-                          hint=f"save model.state_dict(), or a dict with one of the keys {list(WRAPPER_KEYS)}")
+        keys = ", ".join(map(str, list(obj)[:8])) or "none"
+        raise CheckpointError(f"the checkpoint holds no state dict (its top-level keys: {keys})",
+                              hint=f"save model.state_dict(), or a dict holding it under one of the keys "
+                                   f"{list(WRAPPER_KEYS)}")
+    raise CheckpointError(f"the checkpoint holds a {type(obj).__name__}, not a state dict",
+                          hint=f"save model.state_dict(), or a dict holding it under one of the keys {list(WRAPPER_KEYS)}")
 
 
 def remap_prefixes(sd: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
@@ -99,18 +126,24 @@ def key_diff(model_sd: dict, ckpt_sd: dict, limit: int = 8) -> str:
 
 
 def load_into(model: nn.Module, path: str | Path, allow_pickle: bool = False) -> nn.Module:
-    """Load weights into `model` strictly; returns the model (or the TorchScript / pickled model itself)."""
+    """Load weights into `model` strictly and return it; a TorchScript file is returned as it is.
+
+    A pickled full model (allow_pickle only) gives its weights to `model`, so the recipe's model spec keeps
+    describing the architecture every later stage rebuilds.
+    """
     obj = read_checkpoint(path, allow_pickle)
     if isinstance(obj, torch.jit.ScriptModule):
-        return obj
-    if isinstance(obj, nn.Module) and allow_pickle:
         return obj
     sd = extract_state_dict(obj)
     model_sd = model.state_dict()
     sd = remap_prefixes(sd, set(model_sd))
     diff = key_diff(model_sd, sd)
     if diff:
-        raise CheckpointError(f"checkpoint {path} does not match the model: {diff}",
-                              hint="check teacher.model / kwargs, or the checkpoint you meant")
+        hint = "check teacher.model / teacher.kwargs, or the checkpoint you meant"
+        if isinstance(obj, nn.Module):
+            cls = type(obj)
+            hint = (f"the pickled model is a {cls.__module__}.{cls.__qualname__}: set teacher.model to a callable "
+                    f"that builds that architecture (e.g. {cls.__module__}:{cls.__qualname__}) and its kwargs")
+        raise CheckpointError(f"checkpoint {path} does not match the model: {diff}", hint=hint)
     model.load_state_dict(sd, strict=True)
     return model

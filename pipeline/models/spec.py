@@ -6,6 +6,7 @@ imported; nothing from a recipe is ever eval'd.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -15,13 +16,20 @@ from typing import Any
 
 from torch import nn
 
-from pipeline.errors import ConfigError, MissingDependency
+from pipeline.errors import ConfigError, MissingDependency, PipelineError
 from pipeline.models import zoo
 
 
+SPEC_FORMS = "builtin:NAME, torchvision:NAME, timm:NAME, package.module:callable or path/to/file.py:callable"
+
+
 def _call(fn, kwargs: dict[str, Any], in_channels: int, num_classes: int, what: str) -> nn.Module:
-    params = inspect.signature(fn).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # some C callables have no signature: pass what the recipe gives
+        params, accepts_any = {}, True
+    else:
+        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kw = dict(kwargs)
     for name, value in (("in_channels", in_channels), ("num_classes", num_classes)):
         if (name in params or accepts_any) and name not in kw:
@@ -29,37 +37,134 @@ def _call(fn, kwargs: dict[str, Any], in_channels: int, num_classes: int, what: 
     unknown = [k for k in kw if k not in params and not accepts_any]
     if unknown:
         raise ConfigError(f"{what} does not take the argument(s) {unknown}",
-                          hint=f"its arguments are: {', '.join(params) or '(none)'}")
+                          hint=f"its arguments are: {', '.join(params) or '(none)'}; set the model's kwargs in the "
+                               "recipe to match (teacher.kwargs defaults to {width: 32} for the built-in teacher: "
+                               "use --set teacher.kwargs={} for your own model)")
     try:
         model = fn(**kw)
-    except TypeError as e:
-        raise ConfigError(f"building {what} failed: {e}", hint="check the model's kwargs in the recipe") from None
+    except PipelineError:
+        raise
+    except Exception as e:  # the user's code: one line, not a traceback
+        raise ConfigError(f"building {what} with {kw} failed: {type(e).__name__}: {e}",
+                          hint="check the model's kwargs in the recipe (teacher.kwargs / student.kwargs)") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{what} returned {type(model).__name__}, not a torch.nn.Module",
                           hint="the callable must build and return the model")
     return model
 
 
+_FILE_MODULES: dict[tuple[str, int, int], Any] = {}
+
+
+def _import_failed(what: str, e: BaseException, own: str | None = None):
+    """An import error inside the user's module is a missing dependency (exit 3); anything else is bad input."""
+    if isinstance(e, ModuleNotFoundError) and e.name and not (own and (own == e.name or own.startswith(e.name + "."))):
+        return MissingDependency(f"importing {what} failed: it needs the module {e.name!r}, which is not installed",
+                                 hint=f"pip install the package that provides {e.name!r} into this environment")
+    return ConfigError(f"importing {what} failed: {type(e).__name__}: {e}", hint=f"fix {what}")
+
+
 def _load_file_module(path: Path):
     if not path.is_file():
-        raise ConfigError(f"model file {path} does not exist", hint="give path/to/file.py:callable")
-    name = f"_user_model_{abs(hash(str(path.resolve())))}"
+        raise ConfigError(f"model file {path} does not exist", hint="give path/to/file.py:callable (relative to the "
+                                                                    "folder you run from, or absolute)")
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key in _FILE_MODULES:
+        return _FILE_MODULES[key]
+    name = f"_user_model_{hashlib.sha256(key[0].encode()).hexdigest()[:12]}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.append(folder)  # so the file can import its sibling modules (appended: never shadows packages)
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)  # the user's own file, named by the user
     except Exception as e:
-        raise ConfigError(f"importing {path} failed: {type(e).__name__}: {e}", hint="fix that file") from None
+        sys.modules.pop(name, None)
+        raise _import_failed(str(path), e) from None
+    _FILE_MODULES[key] = module
     return module
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
+    # A file path may itself hold ':' (C:/models/net.py:build): split at the last ':' after '.py'.
+    if ".py:" in spec:
+        scheme, _, rest = spec.rpartition(":")
+        if scheme.endswith(".py"):
+            return scheme, rest
+    scheme, sep, rest = spec.partition(":")
+    if not sep or not rest or not scheme:
+        raise ConfigError(f"model spec {spec!r} is not of the form scheme:name", hint=f"use {SPEC_FORMS}")
+    return scheme, rest
+
+
+def spec_fingerprint(spec: str) -> str | None:
+    """sha256 of the user's source file behind a file.py or package.module spec (None for the others).
+
+    A stage key that includes it reruns when the user edits the model's code, not only its name."""
+    try:
+        scheme, _ = _split_spec(spec)
+    except ConfigError:
+        return None
+    if scheme in ("builtin", "torchvision", "timm"):
+        return None
+    try:
+        if scheme.endswith(".py"):
+            origin = Path(scheme)
+        else:
+            found = importlib.util.find_spec(scheme)
+            origin = Path(found.origin) if found and found.origin else None
+        if origin is None or not origin.is_file():
+            return None
+        return hashlib.sha256(origin.read_bytes()).hexdigest()
+    except Exception:
+        return None
+
+
+def _torchvision(name: str, kwargs: dict[str, Any], in_channels: int, num_classes: int) -> nn.Module:
+    try:
+        import torchvision.models as tvm
+    except Exception as e:  # ImportError, or the torch/torchvision operator mismatch (FACTS.md)
+        raise MissingDependency(f"torchvision is not usable here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                                hint="pip install -e '.[vision]' (needs torch 2.14.1 + torchvision 0.29.1)") from None
+    if name not in tvm.list_models():
+        import difflib
+
+        close = difflib.get_close_matches(name, tvm.list_models(), n=3)
+        raise ConfigError(f"torchvision has no model {name!r}" + (f" (close: {', '.join(close)})" if close else ""),
+                          hint="see torchvision.models.list_models()")
+    if in_channels != 3:
+        raise ConfigError(f"torchvision:{name} takes 3-channel images, the data has {in_channels}",
+                          hint="set data.channels=3 (grey images are repeated to RGB)")
+    kw = {"weights": None, "num_classes": num_classes, **kwargs}
+    try:
+        return tvm.get_model(name, **kw)
+    except Exception as e:
+        raise ConfigError(f"building torchvision:{name} failed: {type(e).__name__}: {e}",
+                          hint="check teacher.kwargs / student.kwargs") from None
+
+
+def _timm(name: str, kwargs: dict[str, Any], in_channels: int, num_classes: int) -> nn.Module:
+    try:
+        import timm
+    except Exception as e:
+        raise MissingDependency(f"timm is not usable here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                                hint="pip install -e '.[vision]' (timm needs torchvision: torch 2.14.1 + "
+                                     "torchvision 0.29.1)") from None
+    if not timm.is_model(name):
+        raise ConfigError(f"timm has no model {name!r}", hint="see timm.list_models()")
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
+    except Exception as e:
+        raise ConfigError(f"building timm:{name} failed: {type(e).__name__}: {e}",
+                          hint="check teacher.kwargs / student.kwargs") from None
 
 
 def build_model(spec: str, kwargs: dict[str, Any] | None, in_channels: int, num_classes: int) -> nn.Module:
     kwargs = kwargs or {}
-    scheme, sep, rest = spec.partition(":")
-    if not sep or not rest:
-        raise ConfigError(f"model spec {spec!r} has no ':'",
-                          hint="use builtin:NAME, torchvision:NAME, timm:NAME, package.module:callable or file.py:callable")
+    scheme, rest = _split_spec(spec)
     if scheme == "builtin":
         try:
             fn = zoo.get_constructor(rest)
@@ -71,30 +176,29 @@ def build_model(spec: str, kwargs: dict[str, Any] | None, in_channels: int, num_
                               hint=f"built-in models: {', '.join(zoo.list_models())}") from None
         return _call(fn, kwargs, in_channels, num_classes, spec)
     if scheme == "torchvision":
-        try:
-            import torchvision.models as tvm
-        except Exception as e:  # ImportError, or the torch/torchvision operator mismatch (FACTS.md)
-            raise MissingDependency(f"torchvision is not usable here ({type(e).__name__}: {e})",
-                                    hint="pip install -e '.[vision]' (needs torch 2.14.1 + torchvision 0.29.1)") from None
-        kw = {"weights": None, "num_classes": num_classes, **kwargs}
-        model = tvm.get_model(rest, **kw)
-        return model
+        return _torchvision(rest, kwargs, in_channels, num_classes)
     if scheme == "timm":
-        try:
-            import timm
-        except Exception as e:
-            raise MissingDependency(f"timm is not usable here ({type(e).__name__}: {e})",
-                                    hint="pip install -e '.[vision]'") from None
-        return timm.create_model(rest, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
+        return _timm(rest, kwargs, in_channels, num_classes)
     # file.py:callable or package.module:callable
     if scheme.endswith(".py"):
-        module = _load_file_module(Path(scheme))
+        module = _load_file_module(Path(scheme).expanduser())
     else:
+        if not all(part.isidentifier() for part in scheme.split(".")):
+            raise ConfigError(f"model spec {spec!r}: {scheme!r} is neither a known scheme, a module path nor a .py file",
+                              hint=f"use {SPEC_FORMS}")
         try:
             module = importlib.import_module(scheme)
-        except ImportError as e:
-            raise ConfigError(f"cannot import {scheme!r}: {e}", hint="check the module path (is it on PYTHONPATH?)") from None
+        except Exception as e:
+            if isinstance(e, ModuleNotFoundError) and e.name and (scheme == e.name or scheme.startswith(e.name + ".")):
+                raise ConfigError(f"cannot import {scheme!r}: {e}",
+                                  hint="check the module path (is it installed, or on PYTHONPATH?), or give "
+                                       "path/to/file.py:callable") from None
+            raise _import_failed(scheme, e, own=scheme) from None
     fn = getattr(module, rest, None)
     if fn is None or not callable(fn):
-        raise ConfigError(f"{scheme} has no callable {rest!r}", hint="name a function or class that builds the model")
+        public = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                  and getattr(v, "__module__", None) == module.__name__]
+        raise ConfigError(f"{scheme} has no callable {rest!r}",
+                          hint="name a function or class that builds the model"
+                               + (f"; it defines: {', '.join(sorted(public)[:10])}" if public else ""))
     return _call(fn, kwargs, in_channels, num_classes, spec)

@@ -31,6 +31,7 @@ def run_data(runner: Runner, recipe) -> StageResult:
                  x_test=s.x_test, y_test=s.y_test)
         (ctx.dir / "data.json").write_text(json.dumps(
             {"class_names": s.class_names, "preprocessing": s.preprocessing, "source": cfg.source}, indent=2))
+        ctx.notes.extend(s.notes)
         ctx.metrics.update(train=len(s.y_train), val=len(s.y_val), test=len(s.y_test),
                            classes=s.num_classes, input_shape=list(s.input_shape))
 

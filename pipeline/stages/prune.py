@@ -1,11 +1,16 @@
-"""prune: structured (torch-pruning) or unstructured pruning with KD recovery; pass-through when off."""
+"""prune: structured (torch-pruning) or unstructured pruning with KD recovery; pass-through when off.
+
+The work is in :mod:`pipeline.pruning`; its source hash is part of this stage's cache key.
+"""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
+from pipeline.artifacts import sha256_file
 from pipeline.runner import Runner, StageContext, StageResult
 
-TOOLS = ["torch", "torch-pruning"]
+TOOLS = ["torch", "torch-pruning", "onnx", "onnxruntime"]
 
 
 def run_prune(runner: Runner, recipe, data: StageResult, teacher: StageResult, student: StageResult) -> StageResult:
@@ -23,6 +28,22 @@ def run_prune(runner: Runner, recipe, data: StageResult, teacher: StageResult, s
 
         prune_student(ctx, recipe, data, teacher, student)
 
-    config = cfg.model_dump(mode="json") if cfg.enabled else {"enabled": False}
-    return runner.stage("prune", fn, config=config | {"seed": recipe.seed},
-                        inputs={"data": data, "teacher": teacher, "student": student}, tools=TOOLS)
+    if not cfg.enabled:
+        return runner.stage("prune", fn, config={"enabled": False, "seed": recipe.seed},
+                            inputs={"data": data, "teacher": teacher, "student": student}, tools=TOOLS)
+    d = recipe.distill
+    config = {
+        "prune": cfg.model_dump(mode="json"),
+        "seed": recipe.seed,
+        # recovery is KD with the distillation losses; latency is measured with the benchmark settings;
+        # the ONNX check uses the export settings
+        "losses": [t.model_dump(mode="json") for t in d.losses],
+        "cache_teacher_outputs": d.cache_teacher_outputs,
+        "augment": recipe.data.augment,
+        "hflip": recipe.data.hflip,
+        "benchmark": recipe.benchmark.model_dump(mode="json"),
+        "export": recipe.export.model_dump(mode="json"),
+    }
+    code = sha256_file(Path(__file__).resolve().parent.parent / "pruning.py")[:16]
+    return runner.stage("prune", fn, config=config, inputs={"data": data, "teacher": teacher, "student": student},
+                        tools=TOOLS, extra_key={"pruning_code": code})

@@ -15,7 +15,7 @@ from pipeline.models.spec import build_model
 from pipeline.runner import Runner, StageContext, StageResult
 from pipeline.stages.data import read_splits
 from pipeline.stages.models import load_model, save_model
-from pipeline.train import accuracy, fit, predict
+from pipeline.train import accuracy, fit, predict, set_seed
 
 TOOLS = ["torch", "numpy"]
 
@@ -35,6 +35,7 @@ def run_teacher(runner: Runner, recipe, data: StageResult) -> StageResult:
     def fn(ctx: StageContext) -> None:
         splits = read_splits(data)
         c, n = splits.input_shape[0], splits.num_classes
+        set_seed(recipe.seed)  # the initial weights are part of a reproducible teacher
         model = build_model(cfg.model, cfg.kwargs, c, n)
         if ckpt:
             model = load_into(model, ckpt, allow_pickle=cfg.allow_pickle)
