@@ -560,74 +560,28 @@ def load_and_time_engine(plan_path, *, trt=None, batch: int = 1, warmup: int = 2
 
 # ------------------------------------------------------------------------------------ QDQ for TensorRT (ORT)
 
-_CALIB_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "distribution": "Distribution"}
-
-
 def make_trt_qdq(fp32_onnx, out_onnx, calibration: np.ndarray, method: str = "minmax", *,
-                 batch_size: int = 16, nodes_to_exclude: list[str] | None = None, check: bool = True) -> Path:
+                 batch_size: int = 16, nodes_to_exclude: list[str] | None = None, check: bool = True,
+                 percentile: float = 99.99, bins: int = 2048) -> Path:
     """Quantize an FP32 ONNX into a TensorRT-rule QDQ ONNX with ``onnxruntime.quantization.quantize_static``.
 
     S8S8 symmetric (zero point 0) QDQ, per-channel weights on the output-channel axis, float biases
-    (``QuantizeBias=False``). ``calibration``: float32 array, NCHW for image models, fed in batches of
-    ``batch_size`` (or the model's fixed batch). ``method``: minmax | entropy | percentile | distribution.
-    ``nodes_to_exclude`` keeps sensitive layers in float. The output is written atomically and, with ``check``,
-    linted (``targets.qdq_lint``): a ValueError lists the broken rules.
+    (``QuantizeBias=False``). ``calibration``: float32 array, NCHW for image models. ``method``:
+    minmax | entropy | percentile (histograms with ``bins``). ``nodes_to_exclude`` keeps sensitive layers in
+    float. The output is written atomically and, with ``check``, linted (``targets.qdq_lint``): a ValueError
+    lists the broken rules.
     """
-    import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from targets.onnxruntime import quantize_qdq
 
-    key = method.lower()
-    if key not in _CALIB_METHODS:
-        raise ValueError(f"unknown calibration method {method!r}; choose one of {sorted(_CALIB_METHODS)}")
-    calib = np.ascontiguousarray(np.asarray(calibration, dtype=np.float32))
-    if calib.ndim < 1 or calib.shape[0] == 0:
-        raise ValueError("calibration set is empty")
-    fp32_onnx, out_onnx = Path(fp32_onnx), Path(out_onnx)
-    model = onnx.load(os.fspath(fp32_onnx), load_external_data=False)
-    init_names = {i.name for i in model.graph.initializer}
-    graph_inputs = [i for i in model.graph.input if i.name not in init_names]
-    if len(graph_inputs) != 1:
-        raise ValueError(f"make_trt_qdq handles single-input models; {fp32_onnx} has {len(graph_inputs)} inputs")
-    inp = graph_inputs[0]
-    dims = inp.type.tensor_type.shape.dim
-    fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") else 0
-    step = fixed if fixed > 0 else max(1, int(batch_size))
-    name = inp.name
-    batches = [calib[i:i + step] for i in range(0, calib.shape[0] - step + 1 if fixed else calib.shape[0], step)]
-    if not batches:
-        raise ValueError(f"calibration set of {calib.shape[0]} samples is smaller than the model's fixed batch {fixed}")
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter(batches)
-
-        def get_next(self):
-            b = next(self._it, None)
-            return None if b is None else {name: b}
-
-        def rewind(self):
-            self._it = iter(batches)
-
+    out_onnx = Path(out_onnx)
     out_onnx.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_onnx.stem}.", suffix=".onnx", dir=out_onnx.parent)
     os.close(fd)
     try:
-        quantize_static(
-            os.fspath(fp32_onnx), tmp, _Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=getattr(CalibrationMethod, _CALIB_METHODS[key]),
-            nodes_to_exclude=list(nodes_to_exclude or []),
-            extra_options={
-                "ActivationSymmetric": True,  # zero point 0
-                "WeightSymmetric": True,
-                "QuantizeBias": False,  # TensorRT wants float biases
-                "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},  # output channels of [K, N] weights
-            },
-        )
+        quantize_qdq(fp32_onnx, tmp, calibration, method=method, percentile=percentile, bins=bins,
+                     activation="s8", symmetric=True, exclude=nodes_to_exclude or [], batch_size=batch_size,
+                     # output channels of [K, N] MatMul weights are axis 1
+                     extra={"QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
         if check:
             from targets.qdq_lint import lint_qdq
 

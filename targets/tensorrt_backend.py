@@ -48,7 +48,8 @@ class TensorRTBackend(Backend):
 
         req.out_dir.mkdir(parents=True, exist_ok=True)
         out = make_trt_qdq(req.fp32_onnx, req.out_dir / "model_int8_qdq.onnx", req.calibration,
-                           method=req.calib.method, nodes_to_exclude=list(req.exclude_layers))
+                           method=req.calib.method, nodes_to_exclude=list(req.exclude_layers),
+                           percentile=req.calib.percentile, bins=req.calib.bins)
         return BuiltModel(model_file=Path(out), files=[Path(out)], precision="mixed" if req.exclude_layers else "int8",
                           numerics=NUMERICS,
                           info={"format": "QDQ (strongly typed)", "activations": "int8 symmetric",

@@ -1,0 +1,38 @@
+"""The accuracy budget: a deliberately bad calibration forces the per-layer fallback, which must
+keep the most sensitive layers in float until the budget holds and report them."""
+from __future__ import annotations
+
+from conftest import artifact, fast_args, read_run, run_cli
+
+# Clipping every activation at its 51st percentile wrecks INT8 accuracy on purpose.
+BAD_CALIBRATION = ["calibration.method=percentile", "calibration.percentile=51", "quantize.max_accuracy_drop=0.005",
+                   "quantize.max_fallback_layers=8"]
+
+
+def test_fallback_keeps_sensitive_layers_and_reports_them(tmp_path):
+    out = tmp_path / "budget"
+    p = run_cli("run", "--target", "onnxruntime", "--out", str(out), *fast_args(BAD_CALIBRATION))
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    s = read_run(out)
+    q = s["targets"]["onnxruntime"]["quantize"]
+    first = q["tried"][0]
+    assert first["kept_in_float"] == [] and first["val_accuracy_drop"] > 0.005  # the bad calibration did hurt
+    assert any(t.get("kind") == "sensitivity" for t in q["tried"])
+    assert q["kept_in_float"], "the fallback must name the layers it kept in float"
+    assert q["budget_held"] and q["val_accuracy_drop"] <= 0.005
+    row = artifact(s, "onnxruntime:int8")
+    assert row["precision"] == "mixed"
+    assert abs(row["accuracy"] - artifact(s, "student")["accuracy"]) <= 0.005 + 1e-9
+    assert "kept in float" in p.stdout
+
+
+def test_budget_that_cannot_hold_stops_the_target_with_exit_1(tmp_path):
+    out = tmp_path / "nobudget"
+    p = run_cli("run", "--target", "onnxruntime", "--out", str(out),
+                *fast_args([*BAD_CALIBRATION, "quantize.max_fallback_layers=0"]))
+    assert p.returncode == 1
+    assert "exceeds quantize.max_accuracy_drop" in p.stdout + p.stderr
+    assert "Tried:" in p.stdout + p.stderr
+    s = read_run(out)
+    assert "onnxruntime" in s["failed_targets"]
+    assert not any(a["name"] == "onnxruntime:int8" and a["bundle"] for a in s["artifacts"])
