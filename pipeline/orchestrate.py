@@ -35,6 +35,22 @@ class RunResult:
     skipped_targets: dict[str, str] = field(default_factory=dict)
 
 
+def _importable(backend) -> tuple[bool, str]:
+    """availability() only looks for the modules; a requested target's modules must also import
+    (a broken install fails here, before any training, instead of in its convert stage)."""
+    import importlib
+
+    ok, why = backend.availability()
+    if not ok:
+        return ok, why
+    for m in backend.modules:
+        try:
+            importlib.import_module(m)
+        except Exception as e:
+            return False, f"{m} is installed but does not import ({type(e).__name__}: {e})"
+    return True, why
+
+
 def select_profiles(requested: list[str], profile_paths: list[str] = ()) -> tuple[list, dict[str, str]]:
     """Resolve names/aliases; `all` means every profile whose backend can be prepared here."""
     from targets.profiles import load_profiles, resolve_profile
@@ -43,7 +59,7 @@ def select_profiles(requested: list[str], profile_paths: list[str] = ()) -> tupl
     chosen, skipped = [], {}
     if any(r == "all" for r in requested):
         for p in profiles.values():
-            ok, why = get_backend(p.backend).availability()
+            ok, why = _importable(get_backend(p.backend))
             if ok:
                 chosen.append(p)
             else:
@@ -54,7 +70,7 @@ def select_profiles(requested: list[str], profile_paths: list[str] = ()) -> tupl
         if p.name in [c.name for c in chosen]:
             continue
         backend = get_backend(p.backend)
-        ok, why = backend.availability()
+        ok, why = _importable(backend)
         if not ok:
             raise MissingDependency(f"target {r} ({p.name}) needs the {p.backend} runtime: {why}",
                                     hint=backend.install_hint())
@@ -109,6 +125,9 @@ def run_pipeline(recipe, out: Path, profile_paths: list[str] = (), console=None)
         summary = build_summary(recipe, runner, data, teacher, student, pruned, export, teacher_onnx, host_bench,
                                 outcomes, skipped, failed, time.perf_counter() - t0)
         atomic_write_json(out / "run.json", summary)
+        from pipeline.report import write_report_safe
+
+        write_report_safe(out, summary, console)  # report.md/.html + plots; a failure only warns
     return RunResult(out, summary, failed, skipped)
 
 

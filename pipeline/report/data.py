@@ -12,7 +12,6 @@ from typing import Any, Sequence
 
 from pipeline.errors import ConfigError
 
-SOURCES = ("measured", "host-measured", "estimated", "device-measured")
 SOURCE_MEANING = {
     "measured": "target runtime ran on this host",
     "host-measured": "target artifact ran on this host, not on the device",
@@ -164,20 +163,21 @@ def bench_cases(run_dir: str | Path, summary: dict) -> tuple[list[BenchCase], li
     run_dir = Path(run_dir)
     cases, notes = [], []
     for rec in summary["stages"]:
-        if rec.get("stage") != "benchmark" and not str(rec.get("name", "")).startswith("benchmark-"):
+        stage = str(rec.get("stage") or rec.get("name") or "")
+        if not stage.startswith("benchmark"):
             continue
         path = run_dir / str(rec.get("dir", "")) / "bench.json"
         try:
             bench = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            notes.append(f"{rec.get('name')}: bench.json not readable ({type(e).__name__}); its cases are not shown")
+            notes.append(f"{stage}: bench.json not readable ({type(e).__name__}); its cases are not shown")
             continue
         for cname, c in bench.items():
             if not isinstance(c, dict):
                 continue
             reps = [r for r in c.get("repeats") or [] if isinstance(r, dict) and r.get("latency_ms")]
             if not reps:
-                notes.append(f"{rec['name']}/{cname}: no per-repeat results")
+                notes.append(f"{stage}/{cname}: no per-repeat results")
                 continue
             agg = c.get("latency_ms") or {}
             rl = [r["latency_ms"] for r in reps]
@@ -195,10 +195,10 @@ def bench_cases(run_dir: str | Path, summary: dict) -> tuple[list[BenchCase], li
             stats = {"min": over_repeats("min", min), "p50": aggregate("p50"), "p90": aggregate("p90"),
                      "p99": aggregate("p99"), "max": over_repeats("max", max)}
             if stats["p50"] is None:
-                notes.append(f"{rec['name']}/{cname}: no p50 in bench.json")
+                notes.append(f"{stage}/{cname}: no p50 in bench.json")
                 continue
             src = c.get("source") or reps[0].get("source") or "measured"
-            cases.append(BenchCase(_case_label(rec["name"], cname), rec["name"], cname, str(src), stats,
+            cases.append(BenchCase(_case_label(stage, cname), stage, cname, str(src), stats,
                                    [float(x["p50"]) for x in rl if x.get("p50") is not None],
                                    sum(int(r.get("iterations") or 0) for r in reps)))
     return cases, notes
