@@ -1,0 +1,240 @@
+"""`python -m pipeline import-results RUN_DIR device.json [--target PROFILE]`: merge device timings into a run.
+
+    # on the device, inside the bundle:
+    python bench.py model_int8.onnx --source device-measured --json device.json
+    # back on the host:
+    python -m pipeline import-results runs/default device.json --target rpi
+
+The file is a `case-result` (bench.py) or a `benchmark-report` (benchmarks/harness.py), validated against
+benchmarks/schema.json. Each result is tied to a run artifact by the sha256 of the model it timed (bench.py
+hashes OpenVINO IR as .xml + .bin; that digest is recomputed from the bundle): a result whose model is not
+one of the run's artifacts (for --target, one of that target's) is refused, so timings of another model are
+never merged. Figures must say `source: device-measured`.
+
+What is written (run.json is rewritten atomically; host figures are never touched):
+    artifacts[i]["device_latency_ms"] = {p50, p90, p99, min, mean, cv, iterations, batch, threads, runtime,
+                                         runtime_version, device, source: "device-measured", imported_at, file}
+    artifacts[i]["device_peak_rss_mb"] = {value, method, source: "device-measured", device}
+    run["device_results"] += [{artifact, target, sha256, device, imported_at, file, file_sha256}]
+
+Exit codes: 0 merged, 2 unreadable/invalid file, no matching artifact, wrong source or bad RUN_DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+from pathlib import Path
+
+from pipeline.errors import ConfigError, DataError
+
+TARGET_ROLES = ("target",)
+ENGINE_SUFFIXES = (".plan", ".engine")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("import-results", help="merge a device's bench.py result into a run as device-measured",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder holding run.json")
+    p.add_argument("result", metavar="DEVICE_JSON", help="bench.py case result or harness benchmark report (JSON)")
+    p.add_argument("--target", default=None, help="profile name or alias the result belongs to (default: found "
+                                                  "from the model's sha256)")
+    p.add_argument("--device", default=None, help="device name to record (default: the result's board / CPU)")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(fn=cmd_import_results)
+
+
+# --------------------------------------------------------------------------------------------------------
+# reading
+
+
+def read_run(run_dir: Path) -> dict:
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no run.json here", hint="give the --out folder of `python -m pipeline run`")
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path}: unreadable ({type(e).__name__}: {e})", hint="run the pipeline again") from None
+    if not isinstance(run, dict) or not isinstance(run.get("artifacts"), list):
+        raise DataError(f"{path}: has no 'artifacts' list", hint="run the pipeline again")
+    return run
+
+
+def read_result(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path}: no such result file", hint="copy the JSON bench.py wrote on the device")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})",
+                        hint="copy the JSON bench.py wrote on the device (bench.py ... --json device.json)") from None
+    if isinstance(doc, dict) and "kind" not in doc and "plan" in doc and "latency_ms" in doc:
+        raise DataError(f"{path}: this is a bench_engine.py record (TensorRT engine), which does not carry the sha256 "
+                        "of the ONNX model the engine was built from, so it cannot be tied to this run",
+                        hint="time the bundle's model with `python bench.py MODEL --source device-measured "
+                             "--json device.json` to import it")
+    from benchmarks.harness import validation_errors
+
+    errors = validation_errors(doc)
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise DataError(f"{path.name} does not follow benchmarks/schema.json: {errors[0]}{more}",
+                        hint="import the unmodified JSON that bench.py (or the harness) wrote")
+    return doc
+
+
+def _device_name(env: dict | None, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    env = env or {}
+    return env.get("board") or env.get("cpu_model") or env.get("machine") or "unknown device"
+
+
+def entries(doc: dict, device: str | None) -> list[dict]:
+    """One entry per timed model: {sha256, file, source, latency, rss, runtime, ...}."""
+    out = []
+    if doc["kind"] == "case-result":
+        model = doc.get("model") or {}
+        if not model.get("sha256"):
+            raise DataError("the result does not name the sha256 of the model it timed, so it cannot be tied to a "
+                            "run artifact", hint="use bench.py from the bundle: it records model.sha256")
+        lat = doc["latency_ms"]
+        out.append({"name": doc["name"], "sha256": model["sha256"], "file": model.get("file"),
+                    "source": doc["source"], "runtime": doc["runtime"], "runtime_version": doc.get("runtime_version"),
+                    "batch": doc["batch"], "threads": doc.get("threads"), "iterations": doc.get("iterations"),
+                    "stable": doc.get("stable"),
+                    "latency": {k: lat.get(k) for k in ("p50", "p90", "p99", "min", "mean", "cv")},
+                    "rss": {"value": doc["peak_rss_mb"], "method": doc.get("peak_rss_method", "self-reported"),
+                            "baseline_subtracted": False,
+                            "note": "peak of the whole bench.py process (interpreter, numpy, runtime and model)"},
+                    "device": _device_name(doc.get("environment"), device), "created": doc.get("created")})
+    else:
+        env = doc.get("environment")
+        if not doc["cases"]:
+            raise DataError("the benchmark report has no cases", hint="import a report with at least one case")
+        for c in doc["cases"]:
+            lat = c["latency_ms"]
+            rss = c["peak_rss_mb"]
+            out.append({"name": c["name"], "sha256": c["sha256"], "file": Path(c.get("artifact") or "").name or None,
+                        "source": c["source"], "runtime": c["runtime"], "runtime_version": c.get("runtime_version"),
+                        "batch": c["batch"], "threads": c.get("threads"), "iterations": lat.get("iterations"),
+                        "stable": None,
+                        "latency": {k: lat.get(k) for k in ("p50", "p90", "p99", "min", "mean")}
+                        | {"cv": lat.get("cv_between_repeats")},
+                        "rss": {"value": rss.get("value") if rss.get("value") is not None else rss.get("absolute_mb"),
+                                "method": rss.get("method"), "baseline_subtracted": rss.get("value") is not None},
+                        "device": _device_name(env, device), "created": doc.get("created")})
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# matching
+
+
+def resolve_target(run: dict, name: str) -> str:
+    targets = sorted({a.get("target") for a in run["artifacts"] if a.get("target")} | set(run.get("targets") or {}))
+    if name in targets:
+        return name
+    from targets.profiles import resolve_profile
+
+    try:
+        prof = resolve_profile(name).name
+    except Exception:  # an unknown alias: say what the run has
+        prof = None
+    if prof in targets:
+        return prof
+    raise ConfigError(f"--target {name}: this run has no such target",
+                      hint=f"use one of: {', '.join(targets) or '(none)'}")
+
+
+def artifact_digests(a: dict) -> set[str]:
+    """sha256 values that identify artifact `a`: run.json's, and bench.py's digest of the bundled model file."""
+    out = {a["sha256"]} if isinstance(a.get("sha256"), str) else set()
+    bundle = a.get("bundle")
+    if bundle and Path(bundle, "manifest.json").is_file():
+        try:
+            from targets.standalone.bench import file_digest
+
+            manifest = json.loads(Path(bundle, "manifest.json").read_text(encoding="utf-8"))
+            model = Path(bundle) / manifest["model"]["file"]
+            if model.is_file():
+                out.add(file_digest(str(model))[0])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return out
+
+
+def match(run: dict, entry: dict, target: str | None) -> int:
+    """Index of the run artifact `entry` timed; DataError (exit 2) when none matches."""
+    cands = [(i, a) for i, a in enumerate(run["artifacts"])
+             if a.get("role") in TARGET_ROLES and (target is None or a.get("target") == target)]
+    hits = [(i, a) for i, a in cands if entry["sha256"] in artifact_digests(a)]
+    if not hits:
+        where = f"target {target}" if target else "this run"
+        engine = str(entry.get("file") or "").lower().endswith(ENGINE_SUFFIXES)
+        why = (" (a TensorRT engine is built on the device, so its sha256 is never one of the run's)" if engine
+               else "")
+        raise DataError(f"refusing to import: the result's model {entry.get('file') or entry['name']} (sha256 "
+                        f"{entry['sha256'][:12]}…) is not an artifact of {where}{why}; results of another model are "
+                        "never merged",
+                        hint="benchmark the model file shipped in this run's bundle (check the sha256 in its "
+                             "manifest.json), or pass the right RUN_DIR / --target")
+    targets = sorted({a.get("target") for _, a in hits})
+    if len(targets) > 1:
+        raise ConfigError(f"the result's model matches artifacts of several targets ({', '.join(targets)})",
+                          hint=f"say which with --target ({' or '.join(targets)})")
+    # one target: prefer the bundled artifact (the one bench.py on the device ran)
+    hits.sort(key=lambda ia: (ia[1].get("bundle") is None, ia[0]))
+    return hits[0][0]
+
+
+# --------------------------------------------------------------------------------------------------------
+# the command
+
+
+def import_results(run_dir: str | Path, result_path: str | Path, target: str | None = None,
+                   device: str | None = None) -> list[dict]:
+    """Merge `result_path` into RUN_DIR/run.json; return the records added to run["device_results"]."""
+    from pipeline.artifacts import atomic_write_json, sha256_file
+
+    run_dir, result_path = Path(run_dir), Path(result_path)
+    run = read_run(run_dir)
+    doc = read_result(result_path)
+    want = resolve_target(run, target) if target else None
+    items = entries(doc, device)
+    for e in items:
+        if e["source"] != "device-measured":
+            raise DataError(f"refusing to import {e['name']}: its figures are labelled '{e['source']}', not "
+                            "'device-measured'",
+                            hint="run bench.py on the device with --source device-measured (host figures are "
+                                 "already in run.json)")
+    matched = [(match(run, e, want), e) for e in items]  # every entry must match before anything is written
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    file_sha = sha256_file(result_path)
+    added = []
+    for idx, e in matched:
+        a = run["artifacts"][idx]
+        a["device_latency_ms"] = {**e["latency"], "iterations": e["iterations"], "stable": e["stable"],
+                                  "batch": e["batch"], "threads": e["threads"], "runtime": e["runtime"],
+                                  "runtime_version": e["runtime_version"], "device": e["device"],
+                                  "source": "device-measured", "measured_at": e["created"], "imported_at": now,
+                                  "file": result_path.name}
+        if e["rss"]["value"] is not None:
+            a["device_peak_rss_mb"] = {**{k: v for k, v in e["rss"].items() if v is not None},
+                                       "source": "device-measured", "device": e["device"]}
+        rec = {"artifact": a["name"], "target": a.get("target"), "sha256": e["sha256"], "device": e["device"],
+               "runtime": e["runtime"], "p50_ms": e["latency"]["p50"], "imported_at": now,
+               "file": str(result_path), "file_sha256": file_sha}
+        run.setdefault("device_results", []).append(rec)
+        added.append(rec)
+    atomic_write_json(run_dir / "run.json", run)
+    return added
+
+
+def cmd_import_results(args) -> int:
+    added = import_results(args.run_dir, args.result, args.target, args.device)
+    for r in added:
+        print(f"imported {r['artifact']}: p50 {r['p50_ms']} ms on {r['device']} ({r['runtime']}, device-measured)")
+    print(f"run.json updated: {Path(args.run_dir) / 'run.json'}")
+    return 0

@@ -1,0 +1,143 @@
+"""`python -m pipeline import-results RUN_DIR device.json`: device timings merge only into the model they timed.
+
+The "device" results here are real runs of the bundle's bench.py on this host, labelled device-measured and
+recorded with --device "test host (not a device)": the test checks the merge, not the figures.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import artifact, read_run, run_cli
+from pipeline.artifacts import sha256_file
+
+QUICK = ["--warmup", "2", "--min-iters", "20", "--min-time", "0.05", "--quiet"]
+DEVICE = "test host (not a device)"
+
+
+def bench(model: Path, out: Path, source: str = "device-measured") -> dict:
+    """bench.py of the bundle on `model` (python -B: no __pycache__ written into the bundle)."""
+    p = subprocess.run([sys.executable, "-B", str(model.parent / "bench.py"), str(model), "--source", source,
+                        *QUICK, "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return json.loads(out.read_text())
+
+
+@pytest.fixture()
+def run_copy(fast_run, tmp_path) -> Path:
+    """run.json of fast_run in a folder of its own (its bundle paths still point at fast_run's bundles)."""
+    d = tmp_path / "run"
+    d.mkdir()
+    shutil.copyfile(fast_run / "run.json", d / "run.json")
+    return d
+
+
+@pytest.fixture(scope="module")
+def ort_result(fast_run, tmp_path_factory) -> Path:
+    a = artifact(read_run(fast_run), "onnxruntime:int8")
+    bundle = Path(a["bundle"])
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    out = tmp_path_factory.mktemp("device") / "device.json"
+    doc = bench(bundle / manifest["model"]["file"], out)
+    assert doc["model"]["sha256"] == a["sha256"]
+    return out
+
+
+def importing(run_dir: Path, result: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_cli("import-results", str(run_dir), str(result), *extra, timeout=120)
+
+
+def test_import_matching_result_adds_device_measured(run_copy, ort_result):
+    before = read_run(run_copy)
+    doc = json.loads(ort_result.read_text())
+    p = importing(run_copy, ort_result, "--device", DEVICE)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "imported onnxruntime:int8" in p.stdout
+    after = read_run(run_copy)
+    a, b = artifact(after, "onnxruntime:int8"), artifact(before, "onnxruntime:int8")
+    dev = a["device_latency_ms"]
+    assert dev["source"] == "device-measured" and dev["device"] == DEVICE
+    assert dev["p50"] == doc["latency_ms"]["p50"] and dev["p90"] == doc["latency_ms"]["p90"]
+    assert dev["runtime"] == "onnxruntime" and dev["imported_at"]
+    assert a["device_peak_rss_mb"]["source"] == "device-measured"
+    assert a["latency_ms"] == b["latency_ms"] and a["peak_rss_mb"] == b["peak_rss_mb"], "host figures kept"
+    others = [x for x in after["artifacts"] if x["name"] != "onnxruntime:int8"]
+    assert others == [x for x in before["artifacts"] if x["name"] != "onnxruntime:int8"]
+    assert after["device_results"][-1]["artifact"] == "onnxruntime:int8"
+    assert not list(run_copy.glob("run.json.tmp-*")), "no temporary left behind"
+    # an explicit matching --target (alias) works too, and a second import replaces the device figure
+    p = importing(run_copy, ort_result, "--target", "onnxruntime", "--device", DEVICE)
+    assert p.returncode == 0, p.stderr
+    assert len(read_run(run_copy)["device_results"]) == 2
+
+
+def test_wrong_sha256_is_refused(run_copy, ort_result, tmp_path):
+    doc = json.loads(ort_result.read_text())
+    doc["model"]["sha256"] = "0" * 64
+    bad = tmp_path / "other-model.json"
+    bad.write_text(json.dumps(doc))
+    before = (run_copy / "run.json").read_bytes()
+    p = importing(run_copy, bad)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "refusing to import" in p.stderr and "never merged" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert (run_copy / "run.json").read_bytes() == before, "run.json must be untouched"
+
+
+def test_result_for_another_target_is_refused(run_copy, ort_result):
+    before = (run_copy / "run.json").read_bytes()
+    p = importing(run_copy, ort_result, "--target", "jetson")
+    assert p.returncode == 2 and "jetson-orin-nano" in p.stderr, p.stderr
+    assert (run_copy / "run.json").read_bytes() == before
+    p = importing(run_copy, ort_result, "--target", "no-such-target")
+    assert p.returncode == 2 and "no such target" in p.stderr, p.stderr
+
+
+def test_not_device_measured_or_invalid_is_refused(run_copy, ort_result, tmp_path):
+    doc = json.loads(ort_result.read_text())
+    cases = {
+        "host.json": {**doc, "source": "measured"},
+        "invalid.json": {k: v for k, v in doc.items() if k != "latency_ms"},
+        "engine.json": {"plan": "model.plan", "latency_ms": {"p50": 1.0}, "source": "device-measured"},
+        "nomodel.json": {k: v for k, v in doc.items() if k != "model"},
+    }
+    needles = {"host.json": "not 'device-measured'", "invalid.json": "latency_ms",
+               "engine.json": "bench_engine.py", "nomodel.json": "sha256"}
+    before = (run_copy / "run.json").read_bytes()
+    for name, d in cases.items():
+        f = tmp_path / name
+        f.write_text(json.dumps(d))
+        p = importing(run_copy, f)
+        assert p.returncode == 2, (name, p.stdout, p.stderr)
+        assert needles[name] in p.stderr, (name, p.stderr)
+        assert "Traceback" not in p.stderr
+    (tmp_path / "broken.json").write_text("{not json")
+    p = importing(run_copy, tmp_path / "broken.json")
+    assert p.returncode == 2 and "not valid JSON" in p.stderr
+    p = importing(tmp_path / "no-run-here", ort_result)
+    assert p.returncode == 2 and "no run.json" in p.stderr
+    assert (run_copy / "run.json").read_bytes() == before
+
+
+def test_shared_model_needs_target_and_report_form(fast_run, run_copy, tmp_path):
+    """The FP32 student is an artifact of every target: --target picks one. A harness report imports too."""
+    export = next(fast_run / s["dir"] for s in read_run(fast_run)["stages"] if s["stage"] == "export")
+    model = export / "model.onnx"
+    assert artifact(read_run(fast_run), "student")["sha256"] == sha256_file(model)
+    report = tmp_path / "report.json"
+    p = subprocess.run([sys.executable, "-B", "-m", "benchmarks.harness", str(model), "--repeats", "1", *QUICK[:-1],
+                        "--source", "device-measured", "--no-baseline", "--no-progress", "--json", str(report)],
+                       capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = importing(run_copy, report)
+    assert p.returncode == 2 and "several targets" in p.stderr and "--target" in p.stderr, p.stderr
+    p = importing(run_copy, report, "--target", "onnxruntime", "--device", DEVICE)
+    assert p.returncode == 0, p.stderr
+    a = artifact(read_run(run_copy), "onnxruntime:fp32")
+    assert a["device_latency_ms"]["source"] == "device-measured"
+    assert "device_latency_ms" not in artifact(read_run(run_copy), "jetson-orin-nano:fp32")
