@@ -44,10 +44,24 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _disk_full(e: OSError, where: Path) -> PipelineError:
-    return PipelineError(f"no space left on the device while writing {where}",
+def _disk_full(e: BaseException, where: Path) -> PipelineError:
+    return PipelineError(f"no space left on the device while writing {where} (the disk is full)",
                          hint="free disk space (or choose another --out) and run the same command again; "
                               "finished stages are reused", exit_code=2)
+
+
+def looks_disk_full(e: BaseException, where: str | Path) -> bool:
+    """ENOSPC/EDQUOT, or a writer that hides it (torch.save raises a RuntimeError from its zip writer)
+    while the file system holding `where` has (almost) no space left."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(e, (OSError, RuntimeError)) or isinstance(e, PipelineError):
+        return False
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
 
 
 @contextlib.contextmanager
@@ -61,13 +75,13 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except OSError as e:
+    except BaseException as e:
+        full = looks_disk_full(e, final.parent)  # before the cleanup frees space
         shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno == errno.ENOSPC:
+        with contextlib.suppress(OSError):
+            final.parent.rmdir()  # a failed first attempt leaves no empty stage folder behind
+        if full:
             raise _disk_full(e, final) from None
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -84,7 +98,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if e.errno == errno.ENOSPC:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise _disk_full(e, path) from None
         raise
     except BaseException:

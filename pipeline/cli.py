@@ -28,7 +28,8 @@ def cmd_run(args) -> int:
     from pipeline.orchestrate import run_pipeline
     from pipeline.recipe import load_recipe, recipe_to_yaml
 
-    recipe = load_recipe(args.config, args.set or [], args.target or None)
+    sets = list(args.set or []) + ([f"distill.nproc={args.nproc}"] if getattr(args, "nproc", None) is not None else [])
+    recipe = load_recipe(args.config, sets, args.target or None)
     if args.print_config:
         print(recipe_to_yaml(recipe), end="")
         return 0
@@ -87,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field, e.g. distill.epochs=5")
     run.add_argument("--out", help="run folder (default runs/<recipe name>)")
     run.add_argument("--profiles", action="append", help="extra device profile file or folder")
+    run.add_argument("--nproc", type=int, metavar="N", help="distill with N DDP processes under torchrun "
+                     "(sets distill.nproc)")
     run.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
     run.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     run.set_defaults(fn=cmd_run)
@@ -106,6 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _map_environment_error(e: BaseException):
+    """A full disk (ENOSPC) -> exit 2; a module that cannot be imported -> exit 3. Else None."""
+    import errno
+
+    from pipeline.errors import MissingDependency, PipelineError
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return PipelineError(f"no space left on the device (the disk is full): {e}",
+                             hint="free disk space (or choose another --out) and run the same command again; "
+                                  "finished stages are reused")
+    if isinstance(e, ImportError):
+        name = getattr(e, "name", None) or "a module"
+        return MissingDependency(f"{name} could not be imported: {e}",
+                                 hint="install the extra of the target that needs it, e.g. "
+                                      "pip install -e '.[openvino]' (`python -m pipeline targets` lists them)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import PipelineError
 
@@ -114,7 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.fn(args) or 0)
+        try:
+            return int(args.fn(args) or 0)
+        except PipelineError:
+            raise
+        except Exception as e:  # last-resort mapping of environment failures to clear errors
+            mapped = _map_environment_error(e)
+            if mapped is None or debug:
+                raise
+            raise mapped from None
     except PipelineError as e:
         if debug:
             raise
