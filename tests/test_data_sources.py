@@ -359,3 +359,27 @@ def test_preprocessing_spec_is_complete():
     assert spec["size"] == [24, 24] and spec["channels"] == 3 and spec["channel_order"] == "bgr"
     assert spec["mean"] == [0.4, 0.5, 0.6] and spec["std"] == [0.2, 0.2, 0.2]
     assert spec["scale"] == 255.0 and spec["layout"] == "nchw" and spec["resize"] == "bilinear"
+
+
+class _Py2StyleArray:
+    """Pickles like numpy under Python 2 read with encoding='latin1': the raw pixel data arrives as a str."""
+
+    def __init__(self, arr: np.ndarray):
+        self.arr = arr
+
+    def __reduce__(self):
+        from pipeline.data.sources import _numpy_reconstruct
+
+        reconstruct, _ = _numpy_reconstruct()
+        state = (1, self.arr.shape, self.arr.dtype, False, self.arr.tobytes().decode("latin1"))
+        return (reconstruct, (np.ndarray, (0,), b"b"), state)
+
+
+def test_cifar_python2_style_batch(tmp_path):
+    folder = write_cifar10(tmp_path / "c")
+    batch = _cifar_batch(7, 10, 5)
+    want = batch[b"data"].copy()
+    batch[b"data"] = _Py2StyleArray(want)
+    _dump(batch, folder / "data_batch_1")
+    raw = load_user_source(cfg("cifar", folder))
+    np.testing.assert_array_equal(raw.images[:7], want.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))

@@ -34,6 +34,7 @@ import io
 import pickle
 import sys
 import tarfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -85,7 +86,8 @@ def _image_files(folder: Path) -> list[Path]:
 def _read_image(f: Path, mode: str, size: int) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(f) as img:
+    with Image.open(f) as img, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Palette images with Transparency")
         img.load()  # decode now: a truncated file fails here, not later
         img = img.convert(mode)
         if img.size != (size, size):

@@ -8,6 +8,7 @@ TorchScript archives are read with torch.jit.load.
 from __future__ import annotations
 
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,38 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
-def _unsupported_global(text: str) -> str | None:
-    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    return m.group(1) if m else None
+def _pickle_globals(path: Path, limit: int = 5) -> list[str]:
+    """The globals a pickle names, read with pickletools (which never executes anything)."""
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                data = z.read(name) if name else b""
+        else:
+            data = path.read_bytes()
+        found, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+        allowed = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set")
+        odd = [g for g in dict.fromkeys(found) if not g.startswith(allowed)]
+        return odd[:limit]
+    except Exception:
+        return []
+
+
+def _unsupported_global(text: str, path: Path) -> str | None:
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"unsupported GLOBAL ([\w.]+)", text)
+    if m:
+        return m.group(1)
+    names = _pickle_globals(path)
+    return ", ".join(names) if names else None
 
 
 def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Any:
@@ -52,11 +82,13 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Any:
                                   f"{str(e).splitlines()[0] if str(e) else ''}",
                                   hint="re-export it with torch.jit.save, or save model.state_dict() instead") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         text = str(e)
         if "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text:
-            glob = _unsupported_global(text)
+            glob = _unsupported_global(text, path)
             holds = f" (it names {glob})" if glob else ""
             if not allow_pickle:
                 raise CheckpointError(
