@@ -58,6 +58,8 @@ def logits_of(model_file: Path, x: np.ndarray, threads: int | None = None, batch
     from targets.standalone.runtime import load_model as load_runtime
 
     m = load_runtime(model_file, threads=threads)
+    if m.layout == "nhwc" and x.ndim == 4:  # the splits are NCHW; a LiteRT NHWC-input model wants them transposed
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     if m.dynamic_batch:
         return np.concatenate([m.run(x[i:i + batch]) for i in range(0, len(x), batch)])
     return np.concatenate([m.run(x[i:i + 1]) for i in range(len(x))])
