@@ -151,9 +151,7 @@ CASES = [
     Case("truncated checkpoint", lambda d, o: tiny_run(o, *sets(f"teacher.checkpoint={d}/truncated.pt")),
          2, "is truncated or not a PyTorch checkpoint", "teacher"),
     Case("corrupt checkpoint (random bytes)", lambda d, o: tiny_run(o, *sets(f"teacher.checkpoint={d}/garbage.pt")),
-         2, "is truncated or not a PyTorch checkpoint", "teacher",
-         xfail="pipeline/models/checkpoints.py reads any 'Weights only load failed' as a pickled object; random "
-               "bytes give 'Unsupported operand', only 'Unsupported global' means a pickled object"),
+         2, "is truncated or not a PyTorch checkpoint", "teacher"),
     Case("missing checkpoint", lambda d, o: tiny_run(o, *sets(f"teacher.checkpoint={d}/nope.pt")),
          2, "does not exist", "teacher"),
     Case("checkpoint keys do not match the model",

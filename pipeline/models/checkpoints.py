@@ -87,8 +87,10 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         text = str(e)
-        if "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text:
-            glob = _unsupported_global(text, path)
+        # Only a refused global means "a pickled object"; random bytes fail weights_only with other messages.
+        glob = _unsupported_global(text, path) if "Weights only load failed" in text or "weights_only" in text \
+            else None
+        if glob:
             holds = f" (it names {glob})" if glob else ""
             if not allow_pickle:
                 raise CheckpointError(
@@ -106,8 +108,10 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Any:
             except Exception as e2:
                 raise CheckpointError(f"checkpoint {path} could not be unpickled: {type(e2).__name__}: {e2}",
                                       hint="re-save it, preferably as model.state_dict()") from None
-        raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch checkpoint ({type(e).__name__}: "
-                              f"{text.splitlines()[0][:200] if text else ''})",
+        # torch's own text for this case talks about weights_only defaults, which would mislead here.
+        detail = type(e).__name__ if "Weights only" in text else \
+            f"{type(e).__name__}: {text.splitlines()[0][:160] if text else ''}"
+        raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch checkpoint ({detail})",
                               hint="re-save or re-download it") from None
 
 
