@@ -256,6 +256,13 @@ class StructuredPruner:
         if self.target is None:
             self.pruner.step()
             self._after_step()
+            if i == self.cfg.steps and self.macs >= self.base_macs:
+                rt = self.cfg.round_to
+                raise PipelineError(
+                    f"structured pruning at prune.ratio={self.cfg.ratio} removed no channel"
+                    + (f": with prune.round_to={rt} the channels left in each layer round down to 0, and "
+                       "torch-pruning skips a layer it would empty" if rt and rt > 1 else ""),
+                    hint="lower prune.round_to or prune.ratio, or check prune.exclude")
             return
         goal = self.target ** (i / self.cfg.steps)
         while self.macs > goal * self.base_macs and self.pruner.current_step < self.pruner.iterative_steps:
@@ -463,12 +470,104 @@ def _recover(model, teacher, splits, rcfg, epochs: int, recipe, round_i: int, ro
             "best_val_accuracy": hist.best_val_accuracy, "history": hist.epochs}
 
 
-def prune_student(ctx, recipe, data, teacher, student) -> None:
-    """The prune stage (enabled): prune the distilled student, recover it with KD, check it, save it."""
-    from pipeline.stages.data import read_splits
-    from pipeline.stages.models import load_model, save_model
+@dataclass
+class _Job:
+    """What the structured/unstructured runners share: inputs, checks, recovery schedule, the metrics."""
 
-    cfg = recipe.prune
+    model: nn.Module
+    teacher: nn.Module
+    splits: Any
+    recipe: Any
+    ctx: Any
+    example: torch.Tensor
+    check_x: torch.Tensor
+    shape: tuple[int, ...]
+    rcfg: Any
+    epochs: list[int]
+    recovery: list[dict] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return self.splits.num_classes
+
+    def recover(self, model: nn.Module, i: int) -> None:
+        if self.epochs[i - 1] > 0:
+            self.recovery.append(_recover(model, self.teacher, self.splits, self.rcfg, self.epochs[i - 1],
+                                          self.recipe, i, len(self.epochs)))
+
+
+def _run_structured(job: _Job) -> tuple[nn.Module, dict[str, float]]:
+    """Prune rounds with recovery in between; returns the model and its accuracy before the last recovery."""
+    cfg, ctx, m = job.recipe.prune, job.ctx, job.ctx.metrics
+    channels_before = layer_channels(job.model)
+    pruned, pruner, plan = start_structured(job.model, job.example, job.check_x, job.num_classes, cfg, job.shape)
+    for g in plan.auto_exclude:
+        ctx.notes.append(
+            f"structured pruning: excluded the channel group of {g['root']} (layers {', '.join(g['layers'])}) "
+            f"automatically: torch-pruning does not follow its channel coupling"
+            f"{' through ' + g['through'] if g['through'] else ''}; pruning it alone broke the forward ({g['error']})")
+    no_recovery: dict[str, float] = {}
+    for i in range(1, cfg.steps + 1):
+        if i > 1:
+            try:
+                pruner.run_round(i)
+                check_forward(pruned, job.check_x, job.num_classes)
+            except PipelineError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise PipelineError(f"prune round {i}/{cfg.steps} broke the student: {_failure_text(e)}",
+                                    hint="use fewer prune.steps, or add the layers involved to prune.exclude") from None
+        if i == cfg.steps:
+            no_recovery = _evaluate(pruned, job.splits)
+        job.recover(pruned, i)
+    m["excluded_layers"] = {"classifier": plan.classifier, "user": plan.user_exclude, "auto": plan.auto_exclude}
+    if cfg.target_macs_ratio is not None:
+        m["pruner_steps"] = pruner.pruner.current_step
+    after = layer_channels(pruned)
+    m["channels"] = {k: {"before": v, "after": after.get(k)} for k, v in channels_before.items()}
+    kept = [k for k, v in channels_before.items() if (after.get(k) or [0, 0])[1] == v[1]
+            and not any(k == i or k.startswith(i + ".") for i in plan.ignored)]
+    if kept:
+        ctx.notes.append(f"structured pruning: {', '.join(kept)} kept all their output channels (tied to an excluded "
+                         "layer, or too few channels left after rounding to prune.round_to)")
+    return pruned, no_recovery
+
+
+def _run_unstructured(job: _Job) -> tuple[nn.Module, dict[str, float]]:
+    """Magnitude masks raised round by round, recovery with the masks in place, then made permanent."""
+    cfg, ctx, m = job.recipe.prune, job.ctx, job.ctx.metrics
+    pruned = copy.deepcopy(job.model).eval()
+    classifier = classifier_name(job.model)
+    user = resolve_exclude(job.model, cfg.exclude)
+    ignored = list(dict.fromkeys(([classifier] if classifier else []) + user))
+    targets = unstructured_targets(pruned, ignored)
+    if not targets:
+        raise ConfigError("no conv/linear layer is left to prune after the exclusions", hint="shorten prune.exclude")
+    done, no_recovery = 0.0, {}
+    for i in range(1, cfg.steps + 1):
+        goal = cfg.ratio * i / cfg.steps
+        apply_unstructured(targets, goal, cfg.global_pruning, done)
+        done = goal
+        if i == cfg.steps:
+            no_recovery = _evaluate(pruned, job.splits)
+        job.recover(pruned, i)  # the masks stay applied (weight = weight_orig * weight_mask) while training
+    make_permanent(targets)
+    rep = sparsity_report(pruned)
+    names = {t for t, _ in targets}
+    pz = sum(v["zeros"] for k, v in rep["layers"].items() if k in names)
+    pw = sum(v["weights"] for k, v in rep["layers"].items() if k in names)
+    m.update(sparsity=rep["overall"], sparsity_pruned_layers=pz / max(pw, 1), sparsity_per_layer=rep["layers"],
+             nonzero_params=count_params(pruned) - rep["zeros"],
+             excluded_layers={"classifier": classifier, "user": user, "auto": []})
+    ctx.notes.append(
+        f"unstructured pruning zeroed {pz / max(pw, 1):.1%} of the pruned layers' weights ({rep['overall']:.1%} of all "
+        "conv/linear weights), but the model stays dense: ONNX Runtime, OpenVINO, TensorRT and LiteRT run it no "
+        "faster and store it no smaller (only sparse kernels or compression would gain); use "
+        "prune.method=structured for speed")
+    return pruned, no_recovery
+
+
+def _validate(cfg) -> None:
     if cfg.method == "unstructured" and cfg.target_macs_ratio is not None:
         raise ConfigError("prune.target_macs_ratio applies to structured pruning only: unstructured sparsity "
                           "leaves the dense MACs unchanged",
@@ -476,104 +575,54 @@ def prune_student(ctx, recipe, data, teacher, student) -> None:
     if cfg.target_macs_ratio is None and cfg.ratio <= 0:
         raise ConfigError("prune.enabled=true with prune.ratio=0 removes nothing",
                           hint="set prune.ratio (e.g. 0.5) or prune.target_macs_ratio, or prune.enabled=false")
+
+
+def prune_student(ctx, recipe, data, teacher, student) -> None:
+    """The prune stage (enabled): prune the distilled student, recover it with KD, check it, save it.
+
+    `data`, `teacher`, `student` are the stage results (folders) of the data, teacher and distill stages.
+    Writes model.pt/model.json into ctx.dir only once the pruned model has passed every check.
+    """
+    import os
+
+    from pipeline.stages.data import read_splits
+    from pipeline.stages.export import export_onnx
+    from pipeline.stages.models import load_model, save_model
+
+    cfg = recipe.prune
+    _validate(cfg)
     splits = read_splits(data)
     c, n = splits.input_shape[0], splits.num_classes
     shape = (1, *splits.input_shape)
-    info = json.loads((student.dir / "model.json").read_text())
+    info = json.loads((Path(student.dir) / "model.json").read_text())
     if info["kind"] == "torchscript":
         raise ConfigError("a TorchScript student cannot be pruned", hint="give the student as an nn.Module spec")
     model = load_model(student.dir)
-    t_model = load_model(teacher.dir)
     torch.manual_seed(recipe.seed)
-    example = torch.from_numpy(splits.x_train[:1])
-    check_x = torch.from_numpy(splits.x_val[:32])
-    check_forward(model, check_x, n)
-
-    before = {"params": count_params(model), "macs": count_macs(model, shape), "accuracy": _evaluate(model, splits)}
-    channels_before = layer_channels(model)
     rcfg = recovery_config(recipe)
-    epochs = split_epochs(rcfg.epochs, cfg.steps)
-    recovery: list[dict] = []
+    job = _Job(model=model, teacher=load_model(teacher.dir), splits=splits, recipe=recipe, ctx=ctx,
+               example=torch.from_numpy(splits.x_train[:1]), check_x=torch.from_numpy(splits.x_val[:32]),
+               shape=shape, rcfg=rcfg, epochs=split_epochs(rcfg.epochs, cfg.steps))
+    check_forward(model, job.check_x, n)
+    before = {"params": count_params(model), "macs": count_macs(model, shape), "accuracy": _evaluate(model, splits)}
     m = ctx.metrics
     m.update(enabled=True, method=cfg.method, ratio=cfg.ratio, target_macs_ratio=cfg.target_macs_ratio,
              global_pruning=cfg.global_pruning, steps=cfg.steps, round_to=cfg.round_to)
 
+    pruned, no_recovery = (_run_structured if cfg.method == "structured" else _run_unstructured)(job)
+
     with tempfile.TemporaryDirectory(prefix="prune-") as tmp:
         tmp = Path(tmp)
-        if cfg.method == "structured":
-            pruned, pruner, plan = start_structured(model, example, check_x, n, cfg, shape)
-            if plan.auto_exclude:
-                for g in plan.auto_exclude:
-                    ctx.notes.append(
-                        f"structured pruning: excluded the channel group of {g['root']} (layers "
-                        f"{', '.join(g['layers'])}) automatically: torch-pruning does not follow its channel coupling"
-                        f"{' through ' + g['through'] if g['through'] else ''}; pruning it alone broke the forward "
-                        f"({g['error']})")
-            no_recovery = None
-            for i in range(1, cfg.steps + 1):
-                if i > 1:
-                    try:
-                        pruner.run_round(i)
-                        check_forward(pruned, check_x, n)
-                    except PipelineError:
-                        raise
-                    except Exception as e:  # noqa: BLE001
-                        raise PipelineError(f"prune round {i}/{cfg.steps} broke the student: {_failure_text(e)}",
-                                            hint="use fewer prune.steps, or add the layers involved to "
-                                                 "prune.exclude") from None
-                if i == cfg.steps:
-                    no_recovery = _evaluate(pruned, splits)
-                if epochs[i - 1] > 0:
-                    recovery.append(_recover(pruned, t_model, splits, rcfg, epochs[i - 1], recipe, i, cfg.steps))
-            m.update(excluded_layers={"classifier": plan.classifier, "user": plan.user_exclude,
-                                      "auto": plan.auto_exclude})
-            if cfg.target_macs_ratio is not None:
-                m["pruner_steps"] = pruner.pruner.current_step
-            channels_after = layer_channels(pruned)
-            m["channels"] = {k: {"before": channels_before[k], "after": channels_after.get(k)} for k in channels_before}
-        else:
-            pruned = copy.deepcopy(model).eval()
-            ignored = list(dict.fromkeys(([classifier_name(model)] if classifier_name(model) else [])
-                                         + resolve_exclude(model, cfg.exclude)))
-            targets = unstructured_targets(pruned, ignored)
-            if not targets:
-                raise ConfigError("no conv/linear layer is left to prune after the exclusions",
-                                  hint="shorten prune.exclude")
-            done = 0.0
-            no_recovery = None
-            for i in range(1, cfg.steps + 1):
-                goal = cfg.ratio * i / cfg.steps
-                apply_unstructured(targets, goal, cfg.global_pruning, done)
-                done = goal
-                if i == cfg.steps:
-                    no_recovery = _evaluate(pruned, splits)
-                if epochs[i - 1] > 0:
-                    recovery.append(_recover(pruned, t_model, splits, rcfg, epochs[i - 1], recipe, i, cfg.steps))
-            make_permanent(targets)
-            rep = sparsity_report(pruned)
-            target_names = {t for t, _ in targets}
-            pz = sum(v["zeros"] for k, v in rep["layers"].items() if k in target_names)
-            pw = sum(v["weights"] for k, v in rep["layers"].items() if k in target_names)
-            m.update(sparsity=rep["overall"], sparsity_pruned_layers=pz / max(pw, 1), sparsity_per_layer=rep["layers"],
-                     nonzero_params=count_params(pruned) - rep["zeros"],
-                     excluded_layers={"classifier": classifier_name(model), "user": cfg.exclude, "auto": []})
-            ctx.notes.append(
-                f"unstructured pruning zeroed {pz / max(pw, 1):.1%} of the pruned layers' weights ({rep['overall']:.1%} of "
-                "all conv/linear weights), but the model stays dense: ONNX Runtime, OpenVINO, TensorRT and LiteRT "
-                "run it no faster and store it no smaller (only sparse kernels or compression would gain); use "
-                "prune.method=structured for speed")
-
-        # The artifact must work: a real batch in PyTorch, then ONNX export run in ONNX Runtime.
+        # The artifact must work: a real batch in PyTorch, then the ONNX export run in ONNX Runtime.
         try:
-            check_forward(pruned, check_x, n)
+            check_forward(pruned, job.check_x, n)
         except Exception as e:  # noqa: BLE001
             raise PipelineError(f"the pruned student fails its forward pass after recovery: {_failure_text(e)}",
                                 hint="add the layers involved to prune.exclude, or disable pruning") from None
         exp = recipe.export
-        sample = splits.x_test[:256]
-        parity_after = onnx_check(pruned, sample, exp.opset, exp.max_abs_diff, tmp, "the pruned student")
-        after = {"params": count_params(pruned), "macs": count_macs(pruned, shape), "accuracy": _evaluate(pruned, splits)}
-
+        parity_after = onnx_check(pruned, splits.x_test[:256], exp.opset, exp.max_abs_diff, tmp, "the pruned student")
+        after = {"params": count_params(pruned), "macs": count_macs(pruned, shape),
+                 "accuracy": _evaluate(pruned, splits)}
         m.update(params_before=before["params"], macs_before=before["macs"], params=after["params"],
                  macs=after["macs"], params_ratio=after["params"] / max(before["params"], 1),
                  macs_ratio=after["macs"] / max(before["macs"], 1),
@@ -582,35 +631,37 @@ def prune_student(ctx, recipe, data, teacher, student) -> None:
                  val_accuracy=after["accuracy"]["val"], test_accuracy=after["accuracy"]["test"],
                  test_accuracy_drop=before["accuracy"]["test"] - after["accuracy"]["test"],
                  val_accuracy_drop=before["accuracy"]["val"] - after["accuracy"]["val"],
-                 recovery={"epochs": rcfg.epochs, "lr": rcfg.lr, "per_round_epochs": epochs,
+                 recovery={"epochs": rcfg.epochs, "lr": rcfg.lr, "per_round_epochs": job.epochs,
                            "losses": [t.model_dump(mode="json", exclude_none=True) for t in rcfg.losses],
-                           "rounds": recovery},
+                           "rounds": job.recovery},
                  onnx_check=parity_after)
-
         b = recipe.benchmark
         if b.enabled:
-            import os
-
             threads = max(1, min(b.threads or 1, os.cpu_count() or 1))
-            from pipeline.stages.export import export_onnx
-
-            export_onnx(model, example, tmp / "before.onnx", exp.opset)
-            export_onnx(pruned, example, tmp / "after.onnx", exp.opset)
+            export_onnx(model, job.example, tmp / "before.onnx", exp.opset)
+            export_onnx(pruned, job.example, tmp / "after.onnx", exp.opset)
             lat = measure_ort_latency({"before": tmp / "before.onnx", "after": tmp / "after.onnx"}, splits.x_test,
                                       (1, 32), threads, b.repeats, b.warmup, b.min_iters, b.min_time_s, b.max_time_s)
             m["latency_ms"] = lat
             m["latency_ratio"] = {k: lat["after"][k]["p50_ms"] / lat["before"][k]["p50_ms"] for k in lat["after"]}
         else:
-            m["latency_ms"] = None
+            m["latency_ms"] = m["latency_ratio"] = None
             ctx.notes.append("prune: latency before/after not measured (benchmark.enabled=false)")
 
     save_model(pruned, ctx.dir, info["spec"], info["kwargs"], c, n, pruned=cfg.method == "structured")
-    # Reload what was written and check it gives the same logits: never hand on a broken artifact.
-    reloaded = load_model(ctx.dir)
-    diff = float(np.abs(predict(reloaded, splits.x_test[:64]) - predict(pruned, splits.x_test[:64])).max())
+    # Reload what was written and compare logits: never hand on an artifact that does not load back.
+    try:
+        x = splits.x_test[:64]
+        diff = float(np.abs(predict(load_model(ctx.dir), x) - predict(pruned, x)).max())
+    except Exception as e:  # noqa: BLE001
+        diff, why = float("inf"), _failure_text(e)
+    else:
+        why = f"max |logit diff| {diff:.2e}"
     if diff > 1e-4:
-        raise PipelineError(f"the saved pruned student reloads with different logits (max |diff| {diff:.2e})",
-                            hint="report this as a bug; rerun with prune.enabled=false meanwhile")
+        for f in ("model.pt", "model.json"):
+            (ctx.dir / f).unlink(missing_ok=True)
+        raise PipelineError(f"the saved pruned student does not reload to the same model ({why})",
+                            hint="report this as a bug; run with prune.enabled=false meanwhile")
     lr = m.get("latency_ratio")
     summary = (f"{cfg.method} pruning: params {before['params']} -> {after['params']}, MACs {before['macs']} -> "
                f"{after['macs']} ({m['macs_ratio']:.2f}x), test accuracy {before['accuracy']['test']:.4f} -> "

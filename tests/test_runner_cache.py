@@ -73,7 +73,8 @@ def test_failed_stage_leaves_nothing(tmp_path):
 
 def test_cli_rerun_is_fully_cached_and_epochs_rerun_only_downstream(tmp_path):
     out = tmp_path / "run"
-    args = ["run", "--target", "onnxruntime", "--out", str(out), *fast_args()]
+    # A 2-epoch student is fragile in INT8; this test is about the cache, not the accuracy budget.
+    args = ["run", "--target", "onnxruntime", "--out", str(out), *fast_args(["quantize.max_accuracy_drop=0.5"])]
     assert run_cli(*args).returncode == 0
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr
