@@ -80,7 +80,7 @@ class Backend(ABC):
         import onnx
 
         m = onnx.load(str(fp32_onnx), load_external_data=False)
-        return [n.name for n in m.graph.node if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")]
+        return [n.name for n in m.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
 
     def compile(self, built: BuiltModel, profile: Any, out_dir: Path) -> dict[str, Any]:
         """Backend checks and compilation beyond quantize (e.g. TensorRT lint/parse/engine)."""

@@ -14,6 +14,47 @@ from calibration.adapters import ort_calibration_args, ort_reader
 from targets.base import Backend, BuiltModel, QuantizeRequest, pin
 
 
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def layer_groups(model) -> dict[str, list[str]]:
+    """A "layer" for the accuracy-budget fallback: a compute node plus the non-compute nodes that follow
+    it (activation, pooling, flatten, residual add) up to the next compute node.
+
+    ORT's nodes_to_exclude only skips the named node: its output would still be quantized for the pooling
+    after it. Keeping a layer in float therefore excludes the whole group.
+    """
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    groups: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        if n.op_type not in COMPUTE_OPS:
+            continue
+        group, frontier, seen = [n.name], list(n.output), set()
+        while frontier:
+            t = frontier.pop()
+            for c in consumers.get(t, []):
+                if c.op_type in COMPUTE_OPS or c.name in seen:
+                    continue
+                seen.add(c.name)
+                group.append(c.name)
+                frontier.extend(c.output)
+        groups[n.name] = group
+    return groups
+
+
+def expand_exclusions(model, names: list[str]) -> list[str]:
+    groups = layer_groups(model)
+    out: list[str] = []
+    for name in names:
+        for n in groups.get(name, [name]):
+            if n not in out:
+                out.append(n)
+    return out
+
+
 def quantize_qdq(fp32_onnx, out_onnx, calibration: np.ndarray, *, method: str = "minmax", percentile: float = 99.99,
                  bins: int = 2048, activation: str = "u8", symmetric: bool = False, exclude: list[str] = (),
                  batch_size: int = 16, extra: dict | None = None) -> Path:
@@ -44,7 +85,7 @@ def quantize_qdq(fp32_onnx, out_onnx, calibration: np.ndarray, *, method: str = 
         activation_type=QuantType.QUInt8 if activation == "u8" else QuantType.QInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=calib_method,
-        nodes_to_exclude=list(exclude),
+        nodes_to_exclude=expand_exclusions(model, list(exclude)),
         extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric,
                        **calib_opts, **(extra or {})},
     )
