@@ -266,7 +266,10 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
                                  model_path=_model_path(runner, b.model_file)))
         targets[p.name] = entry
     stages = [{k: r[k] for k in ("name", "stage", "cached", "seconds", "key", "dir", "notes")} for r in runner.records]
-    notes = [n for r in runner.records for n in r["notes"]]
+    # Per-target stages carry "[profile]" in their label: say which target a note is about, once.
+    notes = list(dict.fromkeys(
+        (f"{r['name'].split('[', 1)[1].rstrip(']')}: {n}" if "[" in r["name"] else n)
+        for r in runner.records for n in r["notes"]))
     return {
         "schema_version": RUN_SCHEMA_VERSION,
         "name": recipe.name,

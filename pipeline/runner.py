@@ -38,12 +38,25 @@ def tool_versions(dists: list[str]) -> dict[str, str]:
     return out
 
 
-def _code_hash(fn: Callable) -> str:
-    """Hash of the source file that defines the stage, so changed code is never served from cache."""
-    try:
-        return sha256_file(inspect.getsourcefile(fn))[:16]
-    except (TypeError, OSError):
-        return "unknown"
+def _code_hash(fn: Callable, code: tuple = ()) -> str:
+    """Hash of the source file that defines the stage plus the modules it names in `code`, so changed
+    code is never served from cache (a stage lists what it calls; unrelated edits keep the cache)."""
+    import hashlib
+    import types
+
+    h = hashlib.sha256()
+    for obj in (fn, *code):
+        try:
+            if isinstance(obj, (str, os.PathLike)):
+                path = obj
+            elif isinstance(obj, types.ModuleType):
+                path = obj.__file__
+            else:
+                path = inspect.getsourcefile(obj)
+            h.update(sha256_file(path).encode())
+        except (TypeError, OSError, AttributeError):
+            h.update(b"unknown")
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -121,15 +134,17 @@ class Runner:
 
     def stage(self, name: str, fn: Callable[[StageContext], None], *, config: Any = None,
               inputs: dict[str, StageResult] | None = None, tools: list[str] = (), label: str | None = None,
-              extra_key: Any = None) -> StageResult:
-        """Run `fn` into a fresh folder unless a finished folder with the same key exists."""
+              extra_key: Any = None, code: tuple = ()) -> StageResult:
+        """Run `fn` into a fresh folder unless a finished folder with the same key exists.
+
+        `code`: modules (or functions) the stage calls whose source belongs in the key."""
         inputs = inputs or {}
         key_parts = {
             "stage": name,
             "config": config,
             "inputs": {k: v.digest for k, v in sorted(inputs.items())},
             "tools": tool_versions(list(tools)),
-            "code": _code_hash(fn),
+            "code": _code_hash(fn, tuple(code)),
             "extra": extra_key,
         }
         key = sha256_json(key_parts)

@@ -55,10 +55,6 @@ def print_summary(summary: dict[str, Any], console) -> None:
         table.add_row(*(e(v) for v in r.values()))
     console.print(table)
     for name, t in summary.get("targets", {}).items():
-        comp = t.get("compile") or {}
-        eng = comp.get("engine")
-        if eng and not eng.get("built", True):
-            console.print(f"[yellow]{e(name)}: {e(eng['reason'])}[/yellow]")
         q = t.get("quantize") or {}
         if q.get("kept_in_float"):
             console.print(f"[yellow]{e(name)}: kept in float to hold the accuracy budget: {e(str(q['kept_in_float']))}[/yellow]")

@@ -81,7 +81,8 @@ class TensorRTBackend(Backend):
         else:
             info["engine"] = {"built": False, "reason": f"engine is built on the device ({'no GPU: ' + why if not gpu else 'tensorrt not installed'}); "
                                                         "run build_engine.sh or build_engine.py from the bundle"}
-            info["notes"].append("TensorRT engine is built on the device by the bundle's build_engine.sh / build_engine.py")
+            info["notes"].append(f"TensorRT engine is built on the device (TensorRT {expected}, bundle scripts); "
+                                 f"not here: {why if not gpu else 'the tensorrt package is not installed'}")
         return info
 
     def requirements(self) -> list[str]:

@@ -152,14 +152,16 @@ def run_bundle(runner: Runner, recipe, profile, backend, data: StageResult, quan
         write_checksums(root)
         make_tarball(root, ctx.dir / f"{name}.tar.gz")
         ctx.metrics.update(bundle=f"{name}", tarball=f"{name}.tar.gz", files=len(manifest["files"]) + 2)
-        ctx.notes.extend(notes)
+        # The bundle README carries the how-to notes; the run summary only points at the bundle.
+        ctx.notes.append(f"bundle written: {name}.tar.gz ({len(manifest['files']) + 2} files)")
 
     deps = {"data": data, "quantize": quant, "compile": compile_, "evaluate": evaluate, **inputs}
     if bench is not None:
         deps["benchmark"] = bench
     return runner.stage(f"bundle-{profile.name}", fn, config={"profile": profile.model_dump(mode="json"),
                                                                "name": name, "estimate": estimate},
-                        inputs=deps, tools=["numpy"], label=f"bundle [{profile.name}]")
+                        inputs=deps, tools=["numpy"], label=f"bundle [{profile.name}]",
+                        code=(type(backend), *sorted(STANDALONE.rglob("*.py")), *sorted(STANDALONE.rglob("*.sh"))))
 
 
 def _runtime_expectations(profile) -> dict[str, Any]:

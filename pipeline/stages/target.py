@@ -22,6 +22,8 @@ from pipeline.stages.data import read_splits
 from pipeline.stages.models import load_model
 from targets.base import Backend, BuiltModel, CalibrationSpec, QuantizeRequest, get_backend
 
+STANDALONE_BENCH = Path(__file__).resolve().parents[2] / "targets" / "standalone" / "bench.py"
+
 BACKEND_TOOLS = {
     "onnxruntime": ["onnxruntime", "onnx"],
     "openvino": ["openvino", "nncf", "onnx"],
@@ -77,6 +79,16 @@ def _request(recipe, profile, export: StageResult, calib: StageResult, model_sta
                            exclude_layers=list(exclude), threads=host_threads(profile, recipe.benchmark))
 
 
+def backend_code(backend: Backend) -> tuple:
+    """Modules whose code decides a target stage's output: the backend, the protocol, the shared loader."""
+    import importlib
+
+    import targets.base
+    import targets.standalone.runtime
+
+    return (importlib.import_module(type(backend).__module__), targets.base, targets.standalone.runtime)
+
+
 def _profile_key(profile) -> dict:
     return profile.model_dump(mode="json")
 
@@ -88,6 +100,7 @@ def run_convert(runner: Runner, recipe, profile, backend: Backend, export, calib
 
     return runner.stage(f"convert-{profile.name}", fn, config={"profile": _profile_key(profile)},
                         inputs={"export": export, "model": model_stage}, tools=BACKEND_TOOLS[profile.backend],
+                        code=backend_code(get_backend(profile.backend)),
                         label=f"convert [{profile.name}]")
 
 
@@ -130,7 +143,8 @@ def run_quantize(runner: Runner, recipe, profile, backend: Backend, data, export
               "calibration": recipe.calibration.model_dump(mode="json")}
     return runner.stage(f"quantize-{profile.name}", fn, config=config,
                         inputs={"export": export, "calibration": calib, "model": model_stage, "data": data},
-                        tools=BACKEND_TOOLS[profile.backend], label=f"quantize [{profile.name}]")
+                        tools=BACKEND_TOOLS[profile.backend],
+                        code=backend_code(get_backend(profile.backend)), label=f"quantize [{profile.name}]")
 
 
 def _torch_val_logits(model_stage: StageResult, splits) -> np.ndarray:
@@ -169,6 +183,7 @@ def run_compile(runner: Runner, recipe, profile, backend: Backend, quant: StageR
 
     return runner.stage(f"compile-{profile.name}", fn, config={"profile": _profile_key(profile)},
                         inputs={"quantize": quant}, tools=BACKEND_TOOLS[profile.backend],
+                        code=backend_code(get_backend(profile.backend)),
                         label=f"compile [{profile.name}]")
 
 
@@ -194,6 +209,7 @@ def run_evaluate(runner: Runner, recipe, profile, data: StageResult, export: Sta
 
     return runner.stage(f"evaluate-{profile.name}", fn, config={"profile": profile.name},
                         inputs={"data": data, "export": export, **inputs}, tools=BACKEND_TOOLS[profile.backend],
+                        code=backend_code(get_backend(profile.backend)),
                         label=f"evaluate [{profile.name}]")
 
 
@@ -222,7 +238,11 @@ def run_benchmark(runner: Runner, recipe, name: str, label: str, cases: list[dic
     config = {"benchmark": b.model_dump(mode="json"), "cases": [{k: v for k, v in c.items() if k != "model"}
                                                                 for c in cases], "host": host,
               "extra": extra_config}
+    import benchmarks.harness
+    import targets.standalone.runtime
+
     return runner.stage(name, fn, config=config, inputs=inputs, tools=["onnxruntime", "openvino", "ai-edge-litert"],
+                        code=(benchmarks.harness, targets.standalone.runtime, STANDALONE_BENCH),
                         label=label)
 
 
