@@ -10,6 +10,7 @@ from pipeline.models.spec import build_model
 from pipeline.runner import Runner, StageContext, StageResult
 from pipeline.stages.data import read_splits
 from pipeline.stages.models import load_model, save_model
+from pipeline.stages.teacher import check_accepts_input
 from pipeline.train import accuracy, fit, predict
 
 TOOLS = ["torch", "numpy"]
@@ -61,6 +62,27 @@ def distill_student(student, teacher, splits, cfg, seed: int, augment: bool, hfl
     return hist, cache
 
 
+def describe_student(ctx: StageContext, student, splits, hist, cached: bool, cfg, scfg, teacher: StageResult) -> None:
+    """Metrics and notes of a distilled student (shared with the DDP path, pipeline/ddp.py)."""
+    from pipeline.stages.teacher import teacher_below_student_note
+
+    c = splits.input_shape[0]
+    shape = (1, c, *splits.input_shape[1:])
+    ctx.metrics.update(val_accuracy=hist.best_val_accuracy, best_epoch=hist.best_epoch,
+                       test_accuracy=accuracy(predict(student, splits.x_test), splits.y_test),
+                       params=count_params(student), macs=count_macs(student, shape),
+                       history=hist.epochs, teacher_outputs_cached=cached,
+                       losses=[t.model_dump(mode="json", exclude_none=True) for t in cfg.losses])
+    ratio = ctx.metrics["macs"] / max(teacher.metrics["macs"], 1)
+    ctx.metrics["macs_ratio_vs_teacher"] = ratio
+    if ratio > scfg.max_macs_ratio:
+        ctx.notes.append(f"warning: the student has {ratio:.2f}x the teacher's MACs "
+                         f"(more than student.max_macs_ratio={scfg.max_macs_ratio})")
+    note = teacher_below_student_note(teacher.metrics.get("val_accuracy"), hist.best_val_accuracy)
+    if note:
+        ctx.notes.append(note)
+
+
 def run_distill(runner: Runner, recipe, data: StageResult, teacher: StageResult) -> StageResult:
     cfg, scfg = recipe.distill, recipe.student
 
@@ -69,22 +91,13 @@ def run_distill(runner: Runner, recipe, data: StageResult, teacher: StageResult)
         c, n = splits.input_shape[0], splits.num_classes
         torch.manual_seed(recipe.seed)
         student = build_model(scfg.model, scfg.kwargs, c, n)
+        check_accepts_input(student, splits.x_train, n, "student", scfg.model)
         t_model = load_model(teacher.dir)
         hist, cached = distill_student(student, t_model, splits, cfg, recipe.seed, recipe.data.augment,
                                        recipe.data.hflip)
         student.eval()
         save_model(student, ctx.dir, scfg.model, scfg.kwargs, c, n)
-        shape = (1, c, *splits.input_shape[1:])
-        ctx.metrics.update(val_accuracy=hist.best_val_accuracy, best_epoch=hist.best_epoch,
-                           test_accuracy=accuracy(predict(student, splits.x_test), splits.y_test),
-                           params=count_params(student), macs=count_macs(student, shape),
-                           history=hist.epochs, teacher_outputs_cached=cached,
-                           losses=[t.model_dump(mode="json", exclude_none=True) for t in cfg.losses])
-        ratio = ctx.metrics["macs"] / max(teacher.metrics["macs"], 1)
-        ctx.metrics["macs_ratio_vs_teacher"] = ratio
-        if ratio > scfg.max_macs_ratio:
-            ctx.notes.append(f"warning: the student has {ratio:.2f}x the teacher's MACs "
-                             f"(more than student.max_macs_ratio={scfg.max_macs_ratio})")
+        describe_student(ctx, student, splits, hist, cached, cfg, scfg, teacher)
 
     config = {"distill": cfg.model_dump(mode="json", exclude={"nproc"}), "student": scfg.model_dump(mode="json"),
               "seed": recipe.seed, "augment": recipe.data.augment, "hflip": recipe.data.hflip}

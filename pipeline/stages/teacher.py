@@ -5,10 +5,11 @@ know the user's data can make KD worse than training the student alone.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from pipeline.artifacts import sha256_file
-from pipeline.errors import GateError
+from pipeline.errors import ConfigError, GateError
 from pipeline.models.checkpoints import load_into
 from pipeline.models.measure import count_macs, count_params
 from pipeline.models.spec import build_model
@@ -18,6 +19,32 @@ from pipeline.stages.models import load_model, save_model
 from pipeline.train import accuracy, fit, predict, set_seed
 
 TOOLS = ["torch", "numpy"]
+
+
+def check_accepts_input(model, x, num_classes: int, role: str, spec: str) -> None:
+    """One eval-mode forward on two samples: a model built for other inputs stops here with a clear
+    message (exit 2) instead of a traceback from inside the training loop."""
+    import torch
+
+    example = torch.from_numpy(x[:2])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(example)
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ConfigError(f"the {role} model {spec} rejects the data's input shape (N, C, H, W) = "
+                          f"{tuple(example.shape)}: {type(e).__name__}: {first}",
+                          hint="set data.channels / data.input_size to what the model expects, or build the model "
+                               "for this input (it receives in_channels and num_classes when it accepts them)") from None
+    finally:
+        model.train(was_training)
+    if isinstance(out, torch.Tensor) and (out.ndim != 2 or out.shape[1] != num_classes):
+        raise ConfigError(f"the {role} model {spec} gives outputs of shape {tuple(out.shape)}; the data has "
+                          f"{num_classes} classes, so (N, {num_classes}) logits are expected",
+                          hint="build the model with num_classes (it is passed when the callable accepts it), "
+                               "or set its kwargs")
 
 
 def _describe(model, splits, ctx: StageContext) -> None:
@@ -40,7 +67,8 @@ def run_teacher(runner: Runner, recipe, data: StageResult) -> StageResult:
         if ckpt:
             model = load_into(model, ckpt, allow_pickle=cfg.allow_pickle)
             ctx.notes.append(f"teacher loaded from {ckpt}")
-        else:
+        check_accepts_input(model, splits.x_train, n, "teacher", cfg.model)
+        if not ckpt:
             t = cfg.train
             hist = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=t.epochs, lr=t.lr,
                        batch_size=t.batch_size, momentum=t.momentum, weight_decay=t.weight_decay,
@@ -51,7 +79,7 @@ def run_teacher(runner: Runner, recipe, data: StageResult) -> StageResult:
         _describe(model, splits, ctx)
 
     config = {"teacher": cfg.model_dump(mode="json", exclude={"finetune", "min_accuracy"}), "seed": recipe.seed,
-              "augment": recipe.data.augment}
+              "augment": recipe.data.augment, "hflip": recipe.data.augment and recipe.data.hflip}
     if ckpt:
         config["teacher"].pop("train")
     extra = sha256_file(ckpt) if ckpt and Path(ckpt).is_file() else None
@@ -69,10 +97,16 @@ def run_finetune(runner: Runner, recipe, data: StageResult, teacher: StageResult
         splits = read_splits(data)
         model = load_model(teacher.dir).train()
         before = accuracy(predict(model, splits.x_val), splits.y_val)
+        original = copy.deepcopy(model.state_dict())
         t = recipe.teacher.train
-        fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=ft.epochs, lr=ft.lr,
-            batch_size=t.batch_size, momentum=t.momentum, weight_decay=t.weight_decay, seed=recipe.seed,
-            do_augment=recipe.data.augment, hflip=recipe.data.hflip, desc="teacher finetune")
+        hist = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=ft.epochs, lr=ft.lr,
+                   batch_size=t.batch_size, momentum=t.momentum, weight_decay=t.weight_decay, seed=recipe.seed,
+                   do_augment=recipe.data.augment, hflip=recipe.data.hflip, desc="teacher finetune")
+        if hist.best_val_accuracy < before:  # adapting made it worse: hand on the teacher as given
+            model.load_state_dict(original)
+            ctx.notes.append(f"teacher finetune lowered the validation accuracy ({before:.3f} -> "
+                             f"{hist.best_val_accuracy:.3f}): the original weights are kept; try a lower "
+                             "teacher.finetune.lr")
         model.eval()
         info = __import__("json").loads((teacher.dir / "model.json").read_text())
         save_model(model, ctx.dir, info["spec"], info["kwargs"], info["in_channels"], info["num_classes"])
@@ -81,16 +115,44 @@ def run_finetune(runner: Runner, recipe, data: StageResult, teacher: StageResult
         ctx.notes.append(f"teacher adapted for {ft.epochs} epochs: val accuracy {before:.3f} -> "
                          f"{ctx.metrics['val_accuracy']:.3f}")
 
-    return runner.stage("teacher_finetune", fn, config=ft.model_dump(mode="json") | {"seed": recipe.seed},
-                        inputs={"data": data, "teacher": teacher}, tools=TOOLS)
+    t = recipe.teacher.train
+    config = ft.model_dump(mode="json") | {
+        "seed": recipe.seed, "augment": recipe.data.augment, "hflip": recipe.data.augment and recipe.data.hflip,
+        # fit() also uses these from teacher.train: they belong in the key
+        "batch_size": t.batch_size, "momentum": t.momentum, "weight_decay": t.weight_decay}
+    return runner.stage("teacher_finetune", fn, config=config, inputs={"data": data, "teacher": teacher},
+                        tools=TOOLS, label=f"teacher finetune [{ft.epochs} epochs]")
 
 
 def check_min_accuracy(recipe, teacher: StageResult) -> None:
     acc = teacher.metrics["val_accuracy"]
     need = recipe.teacher.min_accuracy
     if acc < need:
+        ft = recipe.teacher.finetune
+        if ft.epochs > 0:
+            done = (f" after adapting it for {ft.epochs} epochs (from "
+                    f"{teacher.metrics.get('val_accuracy_before_finetune', float('nan')):.3f})")
+            hint = (f"adapt it longer: raise teacher.finetune.epochs (now {ft.epochs}) or teacher.finetune.lr "
+                    f"(now {ft.lr}), or give a teacher trained on this kind of images")
+        else:
+            done = ""
+            hint = ("adapt it first with --set teacher.finetune.epochs=5 (its own cached stage), "
+                    "or give a teacher trained on this kind of images")
+            if not recipe.teacher.checkpoint:
+                hint += f"; this teacher was trained here: raise teacher.train.epochs (now {recipe.teacher.train.epochs})"
         raise GateError(
-            f"the teacher scores {acc:.3f} on the validation split, below teacher.min_accuracy={need}; "
+            f"the teacher scores {acc:.3f} on the validation split{done}, below teacher.min_accuracy={need}; "
             "a teacher that does not know this data can make distillation worse than training the student alone",
-            hint="adapt it first with --set teacher.finetune.epochs=5 (its own cached stage), "
-                 "or give a teacher trained on this kind of images")
+            hint=hint)
+
+
+def teacher_below_student_note(teacher_val: float | None, student_val: float | None) -> str | None:
+    """A warning when the teacher scores below the distilled student on the validation split.
+
+    Such a teacher pulls the student towards worse answers: training the student alone (or adapting
+    the teacher first with teacher.finetune) is then expected to do better than KD.
+    """
+    if teacher_val is None or student_val is None or teacher_val >= student_val:
+        return None
+    return ("teacher scores below the student on this data: KD may hurt; consider teacher.finetune "
+            f"(validation accuracy: teacher {teacher_val:.4f} < student {student_val:.4f})")
