@@ -94,10 +94,13 @@ def run_distill_ddp(runner, recipe, data, teacher):
               "seed": recipe.seed, "augment": recipe.data.augment, "hflip": recipe.data.hflip}
     # The ranks run distill.py's loss closure, the loss terms and train.py's helpers: their code is in the key.
     import pipeline.distill.losses
+    import pipeline.models.zoo
     import pipeline.train
+    from pipeline.models.spec import spec_fingerprint
 
     return runner.stage("distill", fn, config=config, inputs={"data": data, "teacher": teacher}, tools=TOOLS,
-                        extra_key={"ddp": True}, code=(single, pipeline.train, pipeline.distill.losses),
+                        extra_key={"ddp": True, "student_code": spec_fingerprint(recipe.student.model)},
+                        code=(single, pipeline.train, pipeline.distill.losses, pipeline.models.zoo),
                         label=f"distill [ddp x{nproc}]")
 
 
