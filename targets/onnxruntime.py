@@ -92,16 +92,21 @@ def quantize_qdq(fp32_onnx, out_onnx, calibration: np.ndarray, *, method: str = 
     return Path(out_onnx)
 
 
+def fp32_onnx_copy(req: QuantizeRequest) -> BuiltModel:
+    """The FP32 baseline of the ONNX-based backends is the exported ONNX itself."""
+    req.out_dir.mkdir(parents=True, exist_ok=True)
+    out = req.out_dir / "model_fp32.onnx"
+    shutil.copyfile(req.fp32_onnx, out)
+    return BuiltModel(model_file=out, files=[out], precision="fp32", numerics="onnxruntime")
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     extra = "onnxruntime"
     modules = ("onnxruntime",)
 
     def fp32(self, req: QuantizeRequest) -> BuiltModel:
-        req.out_dir.mkdir(parents=True, exist_ok=True)
-        out = req.out_dir / "model_fp32.onnx"
-        shutil.copyfile(req.fp32_onnx, out)
-        return BuiltModel(model_file=out, files=[out], precision="fp32", numerics="onnxruntime")
+        return fp32_onnx_copy(req)
 
     def quantize(self, req: QuantizeRequest) -> BuiltModel:
         from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -38,10 +38,9 @@ class TensorRTBackend(Backend):
         return True, f"QDQ ONNX + lint ({parse}); engine built on the device"
 
     def fp32(self, req: QuantizeRequest) -> BuiltModel:
-        req.out_dir.mkdir(parents=True, exist_ok=True)
-        out = req.out_dir / "model_fp32.onnx"
-        shutil.copyfile(req.fp32_onnx, out)
-        return BuiltModel(model_file=out, files=[out], precision="fp32", numerics="onnxruntime")
+        from targets.onnxruntime import fp32_onnx_copy
+
+        return fp32_onnx_copy(req)
 
     def quantize(self, req: QuantizeRequest) -> BuiltModel:
         from targets.tensorrt import make_trt_qdq
