@@ -62,7 +62,7 @@ class LiteRTBackend(Backend):
         module, sample, layout = _prepare_module(req)
         edge = litert_torch.convert(module, (sample,))
         out = req.out_dir / "model_fp32.tflite"
-        edge.export(str(out))
+        _export_quietly(edge, out)
         info = {"format": "tflite", "tool": f"litert-torch {litert_torch.__version__}",
                 "layout": layout, "input_shape": list(sample.shape), "io_dtype": "float32"}
         return BuiltModel(model_file=out, files=[out], precision="fp32", numerics="litert",
@@ -111,7 +111,7 @@ class LiteRTBackend(Backend):
                                        "layers cannot be kept in float")
                 edge = litert_torch.convert(converted, (sample,),
                                             quant_config=QuantConfig(pt2e_quantizer=quantizer))
-                edge.export(str(native))
+                _export_quietly(edge, native)
             native_io = _io_dtypes(native)
             rewritten = io_dtype == "float" and native_io != {"float32"}
             if rewritten:  # fallback when strict mode is unavailable
@@ -523,3 +523,12 @@ def check_full_integer(tflite_path: Path) -> dict[str, Any]:
         "float_ops": float_ops,
         "io_boundary_ops": boundary_ops,
     }
+
+
+def _export_quietly(edge, path) -> None:
+    """litert-torch prints its temporary folder to stdout while exporting; keep the run's output clean."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        edge.export(str(path))
