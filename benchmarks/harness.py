@@ -734,7 +734,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     text = json.dumps(report, indent=2) + "\n"
-    if args.json_out:
+    if args.json_out and os.path.exists(args.json_out) and not os.path.isfile(args.json_out):
+        Path(args.json_out).write_text(text)  # /dev/null or a FIFO: never rename over a device
+    elif args.json_out:
         tmp = args.json_out + ".tmp"
         Path(tmp).write_text(text)
         os.replace(tmp, args.json_out)

@@ -87,6 +87,11 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
+    if path.exists() and not path.is_file():
+        # /dev/null, a FIFO, /dev/stdout: a rename would replace the device with a regular file.
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{path.name}{TMP_MARK}{os.getpid()}-", dir=path.parent)
     try:

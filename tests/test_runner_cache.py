@@ -87,3 +87,22 @@ def test_cli_rerun_is_fully_cached_and_epochs_rerun_only_downstream(tmp_path):
     assert st["data"] and st["calibration"] and st["teacher"] and st["export-teacher"]
     assert not st["distill"] and not st["export"] and not st["quantize-onnxruntime"]
     assert not st["bundle-onnxruntime"]
+
+
+def test_atomic_write_to_a_device_does_not_replace_it(tmp_path):
+    import os
+    import stat
+
+    from pipeline.artifacts import atomic_write_text
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so the writer does not block
+    try:
+        atomic_write_text(fifo, "report")
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode), "the FIFO was replaced by a regular file"
+        assert os.read(fd, 100) == b"report"
+    finally:
+        os.close(fd)
+    atomic_write_text("/dev/null", "x")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)

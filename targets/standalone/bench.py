@@ -409,7 +409,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.py: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     text = json.dumps(result, indent=2)
-    if args.json_out:
+    if args.json_out and os.path.exists(args.json_out) and not os.path.isfile(args.json_out):
+        with open(args.json_out, "w") as f:  # /dev/null or a FIFO: never rename over a device
+            f.write(text + "\n")
+    elif args.json_out:
         tmp = args.json_out + ".tmp"
         with open(tmp, "w") as f:
             f.write(text + "\n")

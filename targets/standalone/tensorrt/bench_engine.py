@@ -245,7 +245,9 @@ def main(argv=None) -> int:
         drv.close()
     text = json.dumps(record, indent=2)
     print(text)
-    if args.out:
+    if args.out and os.path.exists(args.out) and not os.path.isfile(args.out):
+        Path(args.out).write_text(text + "\n")  # /dev/null or a FIFO: never rename over a device
+    elif args.out:
         tmp = f"{args.out}.tmp{os.getpid()}"
         Path(tmp).write_text(text + "\n")
         os.replace(tmp, args.out)
