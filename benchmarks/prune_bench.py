@@ -42,7 +42,7 @@ def run(ratio: float, out: Path, sets: list[str], threads: int, repeats: int, mi
     from pipeline.stages.prune import run_prune
     from pipeline.stages.teacher import run_teacher
 
-    recipe = load_recipe(None, sets=[f"prune.enabled=true", f"prune.ratio={ratio}", *sets])
+    recipe = load_recipe(None, sets=["prune.enabled=true", f"prune.ratio={ratio}", *sets])
     runner = Runner(out)
     data = run_data(runner, recipe)
     teacher = run_teacher(runner, recipe, data)

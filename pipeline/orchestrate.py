@@ -4,7 +4,7 @@ Stages talk through artifacts (StageResult folders); this module only wires them
 """
 from __future__ import annotations
 
-import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +111,7 @@ def run_pipeline(recipe, out: Path, profile_paths: list[str] = (), console=None)
         b = recipe.benchmark
         host_bench = None
         if b.enabled:
-            threads = max(1, min(b.threads or 1, __import__("os").cpu_count() or 1))
+            threads = max(1, min(b.threads or 1, os.cpu_count() or 1))
             host_bench = run_benchmark(runner, recipe, "benchmark-fp32", "benchmark [fp32 teacher, student]", [
                 {"name": "teacher", "model": teacher_onnx.path("model.onnx"), "threads": threads, "source": "measured"},
                 {"name": "student", "model": export.path("model.onnx"), "threads": threads, "source": "measured"},

@@ -16,8 +16,6 @@ pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("sklearn")
 
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from targets.base import CalibrationSpec, QuantizeRequest, get_backend  # noqa: E402

@@ -15,8 +15,6 @@ ov = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 pytest.importorskip("sklearn")
 
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from targets.base import CalibrationSpec, QuantizeRequest, get_backend  # noqa: E402
 from targets.openvino import OpenVINOBackend  # noqa: E402

@@ -1,7 +1,6 @@
 """Stage cache: hit, miss, invalidation by config and by input content; atomic stage folders."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -53,7 +52,7 @@ def test_cache_hit_miss_and_downstream_invalidation(tmp_path):
 def test_same_output_content_keeps_downstream_cached(tmp_path):
     r = Runner(tmp_path)
     a = r.stage("a", _write("same"), config={"v": 1})
-    b = r.stage("b", _write("b"), inputs={"a": a})
+    r.stage("b", _write("b"), inputs={"a": a})
     r = Runner(tmp_path)
     a2 = r.stage("a", _write("same"), config={"v": 2})  # new key, identical output
     b2 = r.stage("b", _write("b"), inputs={"a": a2})

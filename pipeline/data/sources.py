@@ -58,7 +58,7 @@ def load_user_source(cfg) -> RawData:
         what = {"imagefolder": "a folder of class sub-folders", "cifar": "the CIFAR batches folder",
                 "npz": "a .npz file"}[cfg.source]
         raise DataError(f"data.source={cfg.source} needs data.path ({what})",
-                        hint=f"add --set data.path=/path/to/data (or `path:` under `data:` in the recipe)")
+                        hint="add --set data.path=/path/to/data (or `path:` under `data:` in the recipe)")
     return loaders[cfg.source](cfg)
 
 

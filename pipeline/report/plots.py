@@ -58,6 +58,7 @@ def _log_x(ax):
 
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
@@ -192,7 +193,9 @@ def sizes_png(bars: list[SizeBar], run_name: str) -> bytes:
                 va="center", fontsize=9)
     ax.set_yticks(ys, [b.label for b in bars], fontsize=9.5)
     ax.set_xlim(0, max(b.size_bytes for b in bars) * 1.55)
-    ax.xaxis.set_major_formatter(__import__("matplotlib.ticker", fromlist=["FuncFormatter"]).FuncFormatter(
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(
         lambda v, _: _human_bytes(v, 3) if v > 0 else "0"))
     ax.set_xlabel("size on disk")
     ax.set_title(f"Model size per stage — run {run_name}", fontsize=12, loc="left")

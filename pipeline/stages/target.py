@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from calibration.select import load_calibration_set
-from pipeline.errors import GateError
 from pipeline.runner import Runner, StageContext, StageResult
 from pipeline.stages.data import read_splits
 from pipeline.stages.models import load_model

@@ -5,6 +5,8 @@ know the user's data can make KD worse than training the student alone.
 """
 from __future__ import annotations
 
+import json
+
 import copy
 from pathlib import Path
 
@@ -114,7 +116,7 @@ def run_finetune(runner: Runner, recipe, data: StageResult, teacher: StageResult
                              f"{hist.best_val_accuracy:.3f}): the original weights are kept; try a lower "
                              "teacher.finetune.lr")
         model.eval()
-        info = __import__("json").loads((teacher.dir / "model.json").read_text())
+        info = json.loads((teacher.dir / "model.json").read_text())
         save_model(model, ctx.dir, info["spec"], info["kwargs"], info["in_channels"], info["num_classes"])
         _describe(model, splits, ctx)
         ctx.metrics["val_accuracy_before_finetune"] = before
