@@ -141,3 +141,39 @@ def test_shared_model_needs_target_and_report_form(fast_run, run_copy, tmp_path)
     a = artifact(read_run(run_copy), "onnxruntime:fp32")
     assert a["device_latency_ms"]["source"] == "device-measured"
     assert "device_latency_ms" not in artifact(read_run(run_copy), "jetson-orin-nano:fp32")
+
+
+def _engine_record(bundle: Path) -> dict:
+    """The record bench_engine.py writes on a Jetson (its latency figures here are parser test input, not a
+    measurement: no GPU here). source_model comes from the real function reading the bundle's manifest."""
+    sys.path.insert(0, str(bundle))
+    try:
+        import importlib
+
+        bench_engine = importlib.import_module("bench_engine")
+        src = bench_engine.source_model(bundle / "manifest.json")
+    finally:
+        sys.path.remove(str(bundle))
+        sys.modules.pop("bench_engine", None)
+    return {"kind": "engine-result", "runtime": "tensorrt", "runtime_version": "10.3.0", "batch": 1,
+            "iterations": 200, "latency_ms": {"min": 0.2, "p50": 0.25, "p90": 0.3, "p99": 0.4, "mean": 0.26,
+                                              "std": 0.01, "cv": 0.04},
+            "plan": "model.plan", "device_model": "test fixture (parser input)", "source": "device-measured",
+            "source_model": src}
+
+
+def test_tensorrt_engine_record_is_tied_to_the_qdq_onnx(run_copy, tmp_path):
+    bundle = Path(artifact(read_run(run_copy), "jetson-orin-nano:int8")["bundle"])
+    rec = _engine_record(bundle)
+    assert rec["source_model"]["file"] == "model_int8_qdq.onnx"
+    f = tmp_path / "engine.json"
+    f.write_text(json.dumps(rec))
+    p = run_cli("import-results", str(run_copy), str(f))
+    assert p.returncode == 0, p.stderr
+    a = artifact(read_run(run_copy), "jetson-orin-nano:int8")
+    assert a["device_latency_ms"]["source"] == "device-measured" and a["device_latency_ms"]["p50"] == 0.25
+    assert a["latency_ms"]["source"] == "estimated"  # the host figure is kept beside it
+    rec["source_model"]["sha256"] = "0" * 64
+    f.write_text(json.dumps(rec))
+    bad = run_cli("import-results", str(run_copy), str(f))
+    assert bad.returncode == 2 and "refusing to import" in bad.stderr

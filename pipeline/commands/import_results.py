@@ -69,6 +69,8 @@ def read_result(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})",
                         hint="copy the JSON bench.py wrote on the device (bench.py ... --json device.json)") from None
+    if isinstance(doc, dict) and doc.get("kind") == "engine-result":
+        return _check_engine_record(path, doc)
     if isinstance(doc, dict) and "kind" not in doc and "plan" in doc and "latency_ms" in doc:
         raise DataError(f"{path}: this is a bench_engine.py record (TensorRT engine), which does not carry the sha256 "
                         "of the ONNX model the engine was built from, so it cannot be tied to this run",
@@ -84,6 +86,19 @@ def read_result(path: Path) -> dict:
     return doc
 
 
+def _check_engine_record(path: Path, doc: dict) -> dict:
+    """bench_engine.py's record: TensorRT timing of an engine built on the device from the bundle's ONNX."""
+    src = doc.get("source_model") or {}
+    lat = doc.get("latency_ms") or {}
+    if not isinstance(src.get("sha256"), str):
+        raise DataError(f"{path}: the engine record does not name the ONNX it was built from",
+                        hint="run bench_engine.py inside the bundle folder (it reads manifest.json) or pass --manifest")
+    if doc.get("source") != "device-measured" or not isinstance(lat.get("p50"), (int, float)):
+        raise DataError(f"{path}: not a device-measured engine record with a p50 latency",
+                        hint="import the unmodified JSON that bench_engine.py wrote on the device")
+    return doc
+
+
 def _device_name(env: dict | None, explicit: str | None) -> str:
     if explicit:
         return explicit
@@ -94,6 +109,17 @@ def _device_name(env: dict | None, explicit: str | None) -> str:
 def entries(doc: dict, device: str | None) -> list[dict]:
     """One entry per timed model: {sha256, file, source, latency, rss, runtime, ...}."""
     out = []
+    if doc["kind"] == "engine-result":
+        lat = doc["latency_ms"]
+        out.append({"name": f"tensorrt engine ({doc['source_model']['file']})", "sha256": doc["source_model"]["sha256"],
+                    "file": doc["source_model"]["file"], "source": "device-measured", "runtime": "tensorrt",
+                    "runtime_version": doc.get("runtime_version"), "batch": doc.get("batch", 1), "threads": None,
+                    "iterations": doc.get("iterations"), "stable": None,
+                    "latency": {k: lat.get(k) for k in ("p50", "p90", "p99", "min", "mean", "cv")},
+                    "rss": {"value": None, "method": "not measured by bench_engine.py", "baseline_subtracted": False},
+                    "device": device or doc.get("device_model") or doc.get("device") or "unknown device",
+                    "created": doc.get("timestamp")})
+        return out
     if doc["kind"] == "case-result":
         model = doc.get("model") or {}
         if not model.get("sha256"):

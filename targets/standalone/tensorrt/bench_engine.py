@@ -205,6 +205,16 @@ def bench(trt, np, plan: Path, batch: int, warmup: int, iterations: int, drv: Cu
     }
 
 
+def source_model(manifest: Path) -> dict | None:
+    """The bundle's ONNX (file + sha256) the engine was built from, so the host can tie this timing to its run."""
+    try:
+        m = json.loads(manifest.read_text(encoding="utf-8"))
+        name = m["model"]["file"]
+        return {"file": name, "sha256": m["files"][name], "profile": m.get("profile", {}).get("name")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Time a TensorRT engine at batch 1 and print JSON.")
     ap.add_argument("--plan", default="model.plan")
@@ -213,6 +223,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--out", help="also write the JSON record to this file")
     ap.add_argument("--allow-rtx", action="store_true", help="accept pip tensorrt_rtx (testing only)")
+    ap.add_argument("--manifest", default=None,
+                    help="bundle manifest.json (default: next to the plan); names the ONNX the engine was built from")
     args = ap.parse_args(argv)
     plan = Path(args.plan)
     if not plan.is_file():
@@ -243,6 +255,8 @@ def main(argv=None) -> int:
         return 1
     finally:
         drv.close()
+    record["source_model"] = source_model(Path(args.manifest) if args.manifest else plan.parent / "manifest.json")
+    record["kind"] = "engine-result"
     text = json.dumps(record, indent=2)
     print(text)
     if args.out and os.path.exists(args.out) and not os.path.isfile(args.out):
