@@ -100,11 +100,9 @@ def validate(doc: Any, what: str = "benchmark JSON") -> None:
 # Trivial baseline models
 # ---------------------------------------------------------------------------------------------
 def default_cache_dir() -> Path:
-    env = os.environ.get("EDGE_BENCH_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "edge-pipeline" / "bench-baselines"
+    from pipeline.artifacts import user_cache_dir
+
+    return user_cache_dir("bench-baselines", "EDGE_BENCH_CACHE")
 
 
 def write_tflite_single_op(

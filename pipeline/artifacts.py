@@ -152,3 +152,11 @@ def clean_stale_temporaries(root: str | Path) -> list[Path]:
                 p.unlink()
         removed.append(p)
     return removed
+
+
+def user_cache_dir(name: str, env_var: str) -> Path:
+    """$env_var, else $XDG_CACHE_HOME/edge-pipeline/<name>, else ~/.cache/edge-pipeline/<name>."""
+    if os.environ.get(env_var):
+        return Path(os.environ[env_var])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "edge-pipeline" / name

@@ -95,6 +95,17 @@ class Backend(ABC):
         return []
 
 
+def write_check_report(out_dir: Path | None, model_file: Path, suffix: str, report: dict) -> dict:
+    """Keep a backend's compile/check report next to the stage's outputs (when a folder is given)."""
+    import json
+
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{Path(model_file).stem}_{suffix}.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
 def _pin(dist: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import shutil
 import tempfile
 from collections import Counter
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from calibration.adapters import torch_batches
-from targets.base import Backend, BuiltModel, QuantizeRequest, pin
+from targets.base import Backend, BuiltModel, QuantizeRequest, pin, write_check_report
 
 _COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D",
                 "BATCH_MATMUL", "CONV_3D_TRANSPOSE")
@@ -167,12 +166,7 @@ class LiteRTBackend(Backend):
             "full_integer_check": check,
             "io": check["io"],
         }
-        if out_dir is not None:
-            out_dir = Path(out_dir)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / f"{Path(built.model_file).stem}_check.json").write_text(
-                json.dumps(report, indent=2))
-        return report
+        return write_check_report(out_dir, built.model_file, "check", report)
 
     def requirements(self) -> list[str]:
         return [pin("ai-edge-litert"), pin("numpy")]

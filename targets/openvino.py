@@ -15,12 +15,11 @@ node names and maps them onto the Convolution/MatMul they produced.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from calibration.adapters import nncf_dataset
-from targets.base import Backend, BuiltModel, QuantizeRequest, pin
+from targets.base import Backend, BuiltModel, QuantizeRequest, pin, write_check_report
 
 # OpenVINO op types (IR) whose inputs NNCF quantizes and the fallback may keep in float.
 _IR_WEIGHTED_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData",
@@ -200,12 +199,7 @@ class OpenVINOBackend(Backend):
             "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
             "openvino": ov.get_version(),
         })
-        if out_dir is not None:
-            out_dir = Path(out_dir)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / f"{Path(built.model_file).stem}_runtime.json").write_text(
-                json.dumps(report, indent=2))
-        return report
+        return write_check_report(out_dir, built.model_file, "runtime", report)
 
     def requirements(self) -> list[str]:
         return [pin("openvino"), pin("numpy")]

@@ -53,12 +53,11 @@ json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_
                            max_leaves=12)
 
 
-@st.composite
-def mutated_recipes(draw) -> dict:
-    """The default recipe with a few fields replaced, removed or added (mostly valid-looking shapes)."""
-    data = copy.deepcopy(DEFAULT)
-    for _ in range(draw(st.integers(1, 4))):
-        path = draw(st.sampled_from(FIELD_PATHS))
+def mutate(draw, base: dict, paths: list, values, new_keys, max_edits: int) -> dict:
+    """`base` with 1..max_edits fields at `paths` set to a drawn value, removed, or given a new sibling."""
+    data = copy.deepcopy(base)
+    for _ in range(draw(st.integers(1, max_edits))):
+        path = draw(st.sampled_from(paths))
         node = data
         for k in path[:-1]:
             node = node.get(k) if isinstance(node, dict) else None
@@ -68,12 +67,18 @@ def mutated_recipes(draw) -> dict:
             continue
         action = draw(st.sampled_from(["set", "del", "add"]))
         if action == "set":
-            node[path[-1]] = draw(json_values)
+            node[path[-1]] = draw(values)
         elif action == "del":
             node.pop(path[-1], None)
         else:
-            node[draw(keys)] = draw(json_values)
+            node[draw(new_keys)] = draw(values)
     return data
+
+
+@st.composite
+def mutated_recipes(draw) -> dict:
+    """The default recipe with a few fields replaced, removed or added (mostly valid-looking shapes)."""
+    return mutate(draw, DEFAULT, FIELD_PATHS, json_values, keys, 4)
 
 
 set_keys = st.one_of(
@@ -221,24 +226,7 @@ manifest_values = st.one_of(json_values, st.sampled_from(["../../etc/passwd", "/
 
 @st.composite
 def mutated_manifests(draw) -> dict:
-    data = copy.deepcopy(VALID_MANIFEST)
-    for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(MANIFEST_PATHS))
-        node = data
-        for k in path[:-1]:
-            node = node.get(k) if isinstance(node, dict) else None
-            if not isinstance(node, dict):
-                break
-        if not isinstance(node, dict):
-            continue
-        action = draw(st.sampled_from(["set", "del", "add"]))
-        if action == "set":
-            node[path[-1]] = draw(manifest_values)
-        elif action == "del":
-            node.pop(path[-1], None)
-        else:
-            node[draw(st.text(max_size=12))] = draw(manifest_values)
-    return data
+    return mutate(draw, VALID_MANIFEST, MANIFEST_PATHS, manifest_values, st.text(max_size=12), 3)
 
 
 def _load_manifest_bytes(blob: bytes):

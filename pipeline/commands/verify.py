@@ -129,11 +129,9 @@ def parse_requirements(path: Path) -> list[str]:
 
 
 def venv_cache_root() -> Path:
-    env = os.environ.get("EDGE_VENV_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "edge-pipeline" / "venvs"
+    from pipeline.artifacts import user_cache_dir
+
+    return user_cache_dir("venvs", "EDGE_VENV_CACHE")
 
 
 def _clean_env(keep_pip: bool) -> dict[str, str]:
