@@ -47,7 +47,7 @@ def label_baseline(report: dict, suite: Suite, name: str, command: str) -> dict:
 
 
 def write_baseline(report: dict, suite: Suite, name: str, command: str) -> Path:
-    from benchmarks.harness import validate
+    from pipeline.measure.harness import validate
     from pipeline.artifacts import atomic_write_json
 
     doc = label_baseline(report, suite, name, command)
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     command = "python benchmarks/refresh_baselines.py " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
-        from benchmarks.compare import load_report
+        from pipeline.measure.compare import load_report
 
         suite = load_suite(args.suite)
         if args.device:

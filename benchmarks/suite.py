@@ -77,7 +77,7 @@ class GateSpec(_Strict):
     @field_validator("max_regression", "max_accuracy_drop", mode="before")
     @classmethod
     def _fraction(cls, v):
-        from benchmarks.compare import parse_fraction
+        from pipeline.measure.compare import parse_fraction
 
         try:
             return parse_fraction(str(v))
@@ -141,7 +141,7 @@ def load_suite(name_or_path: str) -> Suite:
 
 def check_suite(suite: Suite) -> list[str]:
     """Problems beyond the schema: unknown profiles, unreadable or invalid baselines. [] when fine."""
-    from benchmarks.compare import load_report
+    from pipeline.measure.compare import load_report
     from targets.profiles import load_profiles, resolve_profile
 
     problems = []
@@ -239,7 +239,7 @@ def gate_latency_only_on_same_host(result, new: dict, base: dict) -> bool:
 
 
 def _gate(suite: Suite, new: dict, base: dict):
-    from benchmarks.compare import compare_reports
+    from pipeline.measure.compare import compare_reports
 
     g = suite.gate
     result = compare_reports(new, base, g.max_regression, g.max_accuracy_drop, noise_factor=g.noise_factor,
@@ -252,7 +252,7 @@ def _gate(suite: Suite, new: dict, base: dict):
 def confirm_regressions(suite: Suite, result, new: dict, base: dict, run_dir: Path, out: Path):
     """Re-measure the cases that regressed in latency, once, and gate again with those figures: a slow
     moment of a shared host passes, a real regression shows twice. Returns the final comparison."""
-    from benchmarks.compare import load_report
+    from pipeline.measure.compare import load_report
 
     slow = {c.name: c for c in result.cases if c.latency_regression}
     if not slow:
@@ -277,7 +277,7 @@ def confirm_regressions(suite: Suite, result, new: dict, base: dict, run_dir: Pa
 def compare_step(suite: Suite, report: Path, baseline: Path, out: Path, run_dir: Path | None = None) -> int:
     """Gate ``report`` against ``baseline``; write compare.md / compare.xml (and the job summary).
     With ``run_dir`` and gate.confirm_regressions, latency regressions are re-measured once first."""
-    from benchmarks.compare import load_report, to_junit, to_markdown
+    from pipeline.measure.compare import load_report, to_junit, to_markdown
     from pipeline.commands.compare import write_output
 
     if not baseline.is_file():

@@ -117,7 +117,7 @@ def _pin(dist: str) -> str:
 
 _BACKENDS = {
     "onnxruntime": "targets.onnxruntime:OnnxRuntimeBackend",
-    "tensorrt": "targets.tensorrt_backend:TensorRTBackend",
+    "tensorrt": "targets.tensorrt_target:TensorRTBackend",
     "openvino": "targets.openvino:OpenVINOBackend",
     "litert": "targets.litert:LiteRTBackend",
 }

@@ -198,9 +198,9 @@ CASES = [
     # user ONNX files
     Case("corrupt ONNX: qdq_lint", lambda d, o: [str(d / "corrupt.onnx")], 2, "not an ONNX model",
          module="targets.qdq_lint"),
-    Case("corrupt ONNX: benchmarks.harness",
+    Case("corrupt ONNX: pipeline.measure.harness",
          lambda d, o: [str(d / "corrupt.onnx"), "--no-progress", "--no-baseline", "--json", str(o / "bench.json")], 2,
-         "cannot load the model", module="benchmarks.harness"),
+         "cannot load the model", module="pipeline.measure.harness"),
 ]
 
 
@@ -244,7 +244,7 @@ def assert_nothing_written(out: Path, stage: str | None) -> None:
                                                if c.xfail else []) for c in CASES])
 def test_bad_input(case: Case, inputs: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    if case.module == "benchmarks.harness":
+    if case.module == "pipeline.measure.harness":
         out.mkdir()
     args = case.args(inputs, out)
     env = case.env(inputs) or cli_env()
@@ -253,7 +253,7 @@ def test_bad_input(case: Case, inputs: Path, tmp_path: Path) -> None:
     assert_clean(p, case.code, case.phrase)
     if case.module == "pipeline":
         assert "fix:" in p.stderr, p.stderr
-    if case.module == "benchmarks.harness":
+    if case.module == "pipeline.measure.harness":
         assert not (out / "bench.json").exists()
         return
     assert_nothing_written(out, case.stage)

@@ -21,7 +21,7 @@ from conftest import ROOT, artifact, cli_env, read_run, run_cli
 
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import harness  # noqa: E402
+from pipeline.measure import harness  # noqa: E402
 from benchmarks.suite import gate_latency_only_on_same_host, load_suite, check_suite  # noqa: E402
 
 QUICK = ["--repeats", "2", "--warmup", "3", "--min-iters", "20", "--min-time", "0.05", "--batch", "1",
@@ -247,7 +247,7 @@ def test_suite_rejects_a_bad_file(tmp_path):
 def test_workflow_gates_devices_with_the_suite_thresholds():
     wf = yaml.safe_load((ROOT / ".github/workflows/device-benchmarks.yml").read_text())
     suite = load_suite("ci")
-    from benchmarks.compare import parse_fraction
+    from pipeline.measure.compare import parse_fraction
 
     assert parse_fraction(wf["env"]["MAX_REGRESSION"]) == pytest.approx(suite.gate.max_regression)
     assert parse_fraction(wf["env"]["MAX_ACCURACY_DROP"]) == pytest.approx(suite.gate.max_accuracy_drop)
@@ -273,7 +273,7 @@ def _synthetic(cpu: str, p50: float) -> dict:
 
 
 def test_latency_is_gated_only_against_a_baseline_from_the_same_host():
-    from benchmarks.compare import compare_reports
+    from pipeline.measure.compare import compare_reports
 
     base = _synthetic("CPU A", 1.0)
     slow_same, slow_other = _synthetic("CPU A", 2.0), _synthetic("CPU B", 2.0)

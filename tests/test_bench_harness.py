@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks import harness  # noqa: E402
+from pipeline.measure import harness  # noqa: E402
 
 BENCH_PY = REPO / "targets" / "standalone" / "bench.py"
 PY = sys.executable
@@ -203,7 +203,7 @@ def test_bench_many_three_runtimes(models, cache_dir):
 def test_harness_cli_writes_a_valid_report(models, tmp_path, cache_dir):
     out = tmp_path / "report.json"
     proc = subprocess.run(
-        [PY, "-m", "benchmarks.harness", str(models["onnx"]), "--repeats", "1", "--threads", "1",
+        [PY, "-m", "pipeline.measure.harness", str(models["onnx"]), "--repeats", "1", "--threads", "1",
          "--no-progress", "--cache-dir", str(cache_dir), "--json", str(out), *FAST],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
@@ -212,7 +212,7 @@ def test_harness_cli_writes_a_valid_report(models, tmp_path, cache_dir):
     assert harness.validation_errors(report) == []
     assert report["cases"][0]["name"] == "wide.onnx"
     assert "wide.onnx" in proc.stderr  # summary table
-    proc = subprocess.run([PY, "-m", "benchmarks.harness", str(tmp_path / "none.onnx"), "--no-progress"],
+    proc = subprocess.run([PY, "-m", "pipeline.measure.harness", str(tmp_path / "none.onnx"), "--no-progress"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "no such model file" in proc.stderr
 

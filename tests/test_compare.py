@@ -14,8 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks import compare as cmp  # noqa: E402
-from benchmarks import harness  # noqa: E402
+from pipeline.measure import compare as cmp  # noqa: E402
+from pipeline.measure import harness  # noqa: E402
 
 ENV = {"cpu_model": "Test CPU", "logical_cores": 2, "python": "3.11.7"}
 
@@ -55,7 +55,7 @@ def _write(tmp_path: Path, name: str, doc) -> Path:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmarks.compare", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pipeline.measure.compare", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
 
 

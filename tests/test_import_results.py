@@ -130,7 +130,7 @@ def test_shared_model_needs_target_and_report_form(fast_run, run_copy, tmp_path)
     model = export / "model.onnx"
     assert artifact(read_run(fast_run), "student")["sha256"] == sha256_file(model)
     report = tmp_path / "report.json"
-    p = subprocess.run([sys.executable, "-B", "-m", "benchmarks.harness", str(model), "--repeats", "1", *QUICK[:-1],
+    p = subprocess.run([sys.executable, "-B", "-m", "pipeline.measure.harness", str(model), "--repeats", "1", *QUICK[:-1],
                         "--source", "device-measured", "--no-baseline", "--no-progress", "--json", str(report)],
                        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert p.returncode == 0, p.stderr[-2000:]

@@ -188,7 +188,7 @@ def test_litert_dynamic_batch_resizes(models, tflite_models):
 
 
 def test_litert_quantized_input_and_output(tmp_path):
-    from benchmarks.harness import write_tflite_single_op
+    from pipeline.measure.harness import write_tflite_single_op
 
     shape = (1, 1, 4, 4)
     x = np.linspace(-2.0, 2.0, 16, dtype=np.float32).reshape(shape)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from targets import tensorrt as trt_target
+from targets import tensorrt_api as trt_api
+from targets.tensorrt_qdq import make_trt_qdq
 from targets.qdq_lint import lint_qdq
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,14 +25,14 @@ H = W = 16
 
 
 def _has(module: str) -> bool:
-    mod, _ = trt_target.import_tensorrt(prefer=(module,))
+    mod, _ = trt_api.import_tensorrt(prefer=(module,))
     return mod is not None
 
 
 HAS_RTX = _has("tensorrt_rtx")
 HAS_TRT = _has("tensorrt")
 needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt_rtx (pip tensorrt-rtx) is not installed")
-GPU_OK, GPU_REASON = trt_target.gpu_available()
+GPU_OK, GPU_REASON = trt_api.gpu_available()
 
 
 def export_tiny_cnn(path: Path) -> Path:
@@ -74,7 +75,7 @@ def random_images(n: int, seed: int) -> np.ndarray:
 def models(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("trt_models")
     fp32 = export_tiny_cnn(d / "fp32.onnx")
-    qdq = trt_target.make_trt_qdq(fp32, d / "trt_qdq.onnx", random_images(64, seed=1))
+    qdq = make_trt_qdq(fp32, d / "trt_qdq.onnx", random_images(64, seed=1))
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -109,23 +110,23 @@ def test_make_trt_qdq_passes_lint_and_agrees_with_fp32(models):
 
 
 def test_make_trt_qdq_entropy_and_bad_method(models, tmp_path):
-    out = trt_target.make_trt_qdq(models["fp32"], tmp_path / "e.onnx", random_images(16, seed=3), method="entropy")
+    out = make_trt_qdq(models["fp32"], tmp_path / "e.onnx", random_images(16, seed=3), method="entropy")
     assert lint_qdq(out).ok
     with pytest.raises(ValueError, match="unknown calibration method"):
-        trt_target.make_trt_qdq(models["fp32"], tmp_path / "x.onnx", random_images(4, seed=3), method="kl")
+        make_trt_qdq(models["fp32"], tmp_path / "x.onnx", random_images(4, seed=3), method="kl")
     with pytest.raises(ValueError, match="empty"):
-        trt_target.make_trt_qdq(models["fp32"], tmp_path / "x.onnx", np.zeros((0, 3, H, W), np.float32))
+        make_trt_qdq(models["fp32"], tmp_path / "x.onnx", np.zeros((0, 3, H, W), np.float32))
     assert not (tmp_path / "x.onnx").exists()
 
 
 # ------------------------------------------------------------------------------------- imports and GPU
 
 def test_import_tensorrt_and_gpu_probe():
-    assert trt_target.import_tensorrt(prefer=("no_such_tensorrt_module",)) == (None, None)
-    mod, flavor = trt_target.import_tensorrt()
+    assert trt_api.import_tensorrt(prefer=("no_such_tensorrt_module",)) == (None, None)
+    mod, flavor = trt_api.import_tensorrt()
     if HAS_TRT or HAS_RTX:
         assert flavor in ("tensorrt", "tensorrt_rtx") and hasattr(mod, "OnnxParser")
-    ok, reason = trt_target.gpu_available()
+    ok, reason = trt_api.gpu_available()
     assert isinstance(ok, bool) and isinstance(reason, str) and reason
 
 
@@ -135,7 +136,7 @@ def test_import_tensorrt_and_gpu_probe():
 def test_parse_check_rtx_accepts_trt_qdq(models):
     import tensorrt_rtx
 
-    info = trt_target.parse_check(models["qdq"], trt=tensorrt_rtx)
+    info = trt_api.parse_check(models["qdq"], trt=tensorrt_rtx)
     assert info["ok"], info["errors"]
     assert info["tensorrt_module"] == "tensorrt_rtx"
     assert info["tensorrt_version"] == tensorrt_rtx.__version__
@@ -151,17 +152,17 @@ def test_parse_check_rtx_accepts_trt_qdq(models):
 def test_parse_check_rtx_rejects_int32_bias(models):
     import tensorrt_rtx
 
-    info = trt_target.parse_check(models["u8s8"], trt=tensorrt_rtx)
+    info = trt_api.parse_check(models["u8s8"], trt=tensorrt_rtx)
     assert not info["ok"]
     assert any("DequantizeLinear" in e and "Int32" in e for e in info["errors"]), info["errors"]
 
 
 def test_parse_check_missing_file(tmp_path):
     if not (HAS_TRT or HAS_RTX):
-        with pytest.raises(trt_target.TensorRTUnavailable):
-            trt_target.parse_check(tmp_path / "missing.onnx")
+        with pytest.raises(trt_api.TensorRTUnavailable):
+            trt_api.parse_check(tmp_path / "missing.onnx")
         return
-    info = trt_target.parse_check(tmp_path / "missing.onnx")
+    info = trt_api.parse_check(tmp_path / "missing.onnx")
     assert not info["ok"] and "no such file" in info["errors"][0]
 
 
@@ -173,7 +174,7 @@ def test_build_engine_rtx_writes_plan(models, tmp_path):
 
     plan = tmp_path / "out" / "model.plan"
     cache = tmp_path / "timing.cache"
-    info = trt_target.build_engine(models["qdq"], plan, trt=tensorrt_rtx, timing_cache_path=cache,
+    info = trt_api.build_engine(models["qdq"], plan, trt=tensorrt_rtx, timing_cache_path=cache,
                                    batch_profile=(1, 1, 32))
     assert info["ok"], info["errors"]
     assert info["stage"] == "done" and info["tensorrt_module"] == "tensorrt_rtx"
@@ -186,7 +187,7 @@ def test_build_engine_rtx_writes_plan(models, tmp_path):
     assert info["inputs"] == [{"name": "input", "min": [1, 3, H, W], "opt": [1, 3, H, W], "max": [32, 3, H, W]}]
     assert info["timing_cache"]["saved"] and cache.is_file() and not info["timing_cache"]["loaded"]
     assert [p.name for p in plan.parent.iterdir()] == ["model.plan"]  # no temp file left behind
-    again = trt_target.build_engine(models["qdq"], plan, trt=tensorrt_rtx, timing_cache_path=cache)
+    again = trt_api.build_engine(models["qdq"], plan, trt=tensorrt_rtx, timing_cache_path=cache)
     assert again["ok"] and again["timing_cache"]["loaded"]
 
 
@@ -194,7 +195,7 @@ def test_build_engine_rtx_writes_plan(models, tmp_path):
 def test_build_engine_rtx_weakly_typed_skips_missing_flags(models, tmp_path):
     import tensorrt_rtx
 
-    info = trt_target.build_engine(models["qdq"], tmp_path / "w.plan", trt=tensorrt_rtx, strongly_typed=False)
+    info = trt_api.build_engine(models["qdq"], tmp_path / "w.plan", trt=tensorrt_rtx, strongly_typed=False)
     assert info["ok"], info["errors"]
     assert info["strongly_typed"] is False
     # TensorRT-RTX has no BuilderFlag.INT8/FP16: skipped, not a crash
@@ -206,10 +207,10 @@ def test_build_engine_rtx_failures_are_reported(models, tmp_path):
     import tensorrt_rtx
 
     plan = tmp_path / "bad.plan"
-    info = trt_target.build_engine(models["u8s8"], plan, trt=tensorrt_rtx)
+    info = trt_api.build_engine(models["u8s8"], plan, trt=tensorrt_rtx)
     assert not info["ok"] and info["stage"] == "parse" and info["errors"]
     assert not plan.exists()
-    info = trt_target.build_engine(models["qdq"], plan, trt=tensorrt_rtx, batch_profile=(4, 2, 8))
+    info = trt_api.build_engine(models["qdq"], plan, trt=tensorrt_rtx, batch_profile=(4, 2, 8))
     assert not info["ok"] and "batch_profile" in info["errors"][0]
 
 
@@ -217,18 +218,18 @@ def test_load_and_time_engine_needs_gpu(models, tmp_path):
     if not (HAS_TRT or HAS_RTX):
         pytest.skip("no TensorRT module")
     if not GPU_OK:
-        res = trt_target.load_and_time_engine(tmp_path / "none.plan")
+        res = trt_api.load_and_time_engine(tmp_path / "none.plan")
         assert res["skipped"] and res["reason"].startswith("needs an NVIDIA GPU")
         pytest.skip(f"needs an NVIDIA GPU ({GPU_REASON})")
     plan = tmp_path / "m.plan"
-    assert trt_target.build_engine(models["qdq"], plan)["ok"]
-    res = trt_target.load_and_time_engine(plan, warmup=5, iterations=20)
+    assert trt_api.build_engine(models["qdq"], plan)["ok"]
+    res = trt_api.load_and_time_engine(plan, warmup=5, iterations=20)
     assert res["ok"], res
     assert res["latency_ms"]["p50"] > 0 and all(o["finite"] for o in res["outputs"].values())
 
 
 def test_latency_stats():
-    s = trt_target.latency_stats([1.0, 2.0, 3.0, 4.0])
+    s = trt_api.latency_stats([1.0, 2.0, 3.0, 4.0])
     assert s["min"] == 1.0 and s["p50"] == 2.5 and s["mean"] == 2.5
     assert set(s) == {"min", "p50", "p90", "p99", "mean", "std", "cv"}
 

@@ -9,7 +9,7 @@ student ONNX, each target's INT8/FP32 model), a bundle folder or a bundle .tar.g
 first; a mismatch exits 1 naming the file; the archive is extracted safely into a temporary folder and
 the children run the bundle's own bench.py).
 
-Each case is timed by benchmarks.harness (fresh child per repeat, median of medians; threads and batch
+Each case is timed by pipeline.measure.harness (fresh child per repeat, median of medians; threads and batch
 sizes from the device profile, threads capped at this host's cores), each artifact's accuracy from
 run.json (or the bundle manifest) is attached with its source, and the report follows
 benchmarks/schema.json, so `python -m pipeline compare` can gate latency and accuracy.
@@ -53,7 +53,7 @@ class Settings:
 @dataclass
 class Plan:
     subject: dict[str, Any]  # {"kind": "run"|"bundle", "path", "name"}
-    cases: list[dict[str, Any]]  # benchmarks.harness.bench_case keyword arguments (+ "notes")
+    cases: list[dict[str, Any]]  # pipeline.measure.harness.bench_case keyword arguments (+ "notes")
     skipped: list[dict[str, str]]  # {"name", "reason"}
     bench_py: Path | None = None  # a bundle's own bench.py (None: the project's)
 
@@ -312,7 +312,7 @@ def plan_for(path: Path, settings: Settings, workdir: Path, model_override: Path
 
 def _bench_with_script(spec: dict, bench_py: Path, repeats: int, protocol: dict, say) -> dict:
     """bench_case, but the children run ``bench_py`` (a bundle's own copy of bench.py)."""
-    from benchmarks import harness
+    from pipeline.measure import harness
 
     model = Path(spec["model_path"])
     runtime = runtime_of(model)
@@ -350,7 +350,7 @@ def _finish_case(case: dict, spec: dict) -> dict:
 
 def execute(plan: Plan, *, repeats: int = 3, protocol: dict | None = None, progress: bool = True) -> dict:
     """Measure the plan's cases; return a validated benchmark report (schema.json)."""
-    from benchmarks import harness
+    from pipeline.measure import harness
 
     protocol = {k: v for k, v in (protocol or {}).items() if v is not None}
     if plan.bench_py is not None:
@@ -472,7 +472,7 @@ def cmd_bench(args) -> int:
 
 def add_parser(sub) -> None:
     """Register `bench` on the CLI's subparsers."""
-    from benchmarks import harness
+    from pipeline.measure import harness
 
     p = sub.add_parser("bench", help="benchmark a run folder or a bundle (schema-valid JSON report)",
                        description=__doc__.split("\n\n")[0])

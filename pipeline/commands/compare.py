@@ -54,7 +54,7 @@ def print_result(result, console) -> None:
 
 
 def cmd_compare(args) -> int:
-    from benchmarks.compare import compare_reports, load_report, to_junit, to_markdown
+    from pipeline.measure.compare import compare_reports, load_report, to_junit, to_markdown
     from pipeline.cli import _console
 
     hint = "give two benchmark reports written by `python -m pipeline bench --json` (benchmarks/schema.json)"
@@ -78,7 +78,7 @@ def cmd_compare(args) -> int:
 
 def add_parser(sub) -> None:
     """Register `compare` on the CLI's subparsers."""
-    from benchmarks.compare import parse_fraction
+    from pipeline.measure.compare import parse_fraction
 
     p = sub.add_parser("compare", help="gate a benchmark report against a baseline (exit 1 on regression)",
                        description=__doc__.split("\n\n")[0])

@@ -76,7 +76,7 @@ def read_result(path: Path) -> dict:
                         "of the ONNX model the engine was built from, so it cannot be tied to this run",
                         hint="time the bundle's model with `python bench.py MODEL --source device-measured "
                              "--json device.json` to import it")
-    from benchmarks.harness import validation_errors
+    from pipeline.measure.harness import validation_errors
 
     errors = validation_errors(doc)
     if errors:

@@ -219,7 +219,7 @@ def run_benchmark(runner: Runner, recipe, name: str, label: str, cases: list[dic
     b = recipe.benchmark
 
     def fn(ctx: StageContext) -> None:
-        from benchmarks.harness import bench_case
+        from pipeline.measure.harness import bench_case
 
         results = {}
         for case in cases:
@@ -237,11 +237,11 @@ def run_benchmark(runner: Runner, recipe, name: str, label: str, cases: list[dic
     config = {"benchmark": b.model_dump(mode="json"), "cases": [{k: v for k, v in c.items() if k != "model"}
                                                                 for c in cases], "host": host,
               "extra": extra_config}
-    import benchmarks.harness
+    import pipeline.measure.harness
     import targets.standalone.runtime
 
     return runner.stage(name, fn, config=config, inputs=inputs, tools=["onnxruntime", "openvino", "ai-edge-litert"],
-                        code=(benchmarks.harness, targets.standalone.runtime, STANDALONE_BENCH),
+                        code=(pipeline.measure.harness, targets.standalone.runtime, STANDALONE_BENCH),
                         label=label)
 
 

@@ -1,6 +1,6 @@
 """Compare a benchmark report against a stored baseline: the CI gate.
 
-    python -m benchmarks.compare new.json benchmarks/baselines/x86.json --max-regression 10% \
+    python -m pipeline.measure.compare new.json benchmarks/baselines/x86.json --max-regression 10% \
         --markdown "$GITHUB_STEP_SUMMARY" --junit compare.xml
 
 Cases are matched by name. For each case present in both reports:
@@ -281,7 +281,7 @@ def to_junit(result: CompareResult) -> str:
 def load_report(path: str | os.PathLike) -> dict:
     """Read and validate a report; a bench.py case result is accepted and wrapped as a one-case report.
     Raises DataError with one clear line."""
-    from benchmarks.harness import case_from_results, make_report, validation_errors
+    from pipeline.measure.harness import case_from_results, make_report, validation_errors
 
     try:
         text = Path(path).read_text()
@@ -332,7 +332,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m benchmarks.compare", description="Gate a benchmark report against a baseline.")
+    p = _Parser(prog="python -m pipeline.measure.compare", description="Gate a benchmark report against a baseline.")
     p.add_argument("new", help="new benchmark report (JSON)")
     p.add_argument("baseline", help="stored baseline report (JSON)")
     p.add_argument("--max-regression", type=parse_fraction, default=0.10, help="allowed p50 growth: 10%% or 0.10")

@@ -2,11 +2,11 @@
 child process, so one case cannot warm caches or grow memory for the next, and the numbers come from the
 same script a deployment bundle runs on its device.
 
-    from benchmarks.harness import bench_case, bench_many
+    from pipeline.measure.harness import bench_case, bench_many
     case = bench_case("student_int8.xml", name="student-int8-ov", threads=2, repeats=3)
     report = bench_many([{"model_path": "a.onnx", "name": "a"}, {"model_path": "a.xml", "name": "a-ov"}])
 
-    python -m benchmarks.harness a.onnx a.xml --threads 2 --repeats 3 --json report.json
+    python -m pipeline.measure.harness a.onnx a.xml --threads 2 --repeats 3 --json report.json
 
 Memory: the peak RSS of each case child comes from ``os.wait4`` (ru_maxrss), taken by a tiny launcher
 process so that the harness's own size does not leak into it (see ``_LAUNCHER``); one baseline child per
@@ -32,7 +32,7 @@ from typing import Any, Iterable
 
 from pipeline.errors import DataError, MissingDependency, PipelineError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCH_PY = REPO_ROOT / "targets" / "standalone" / "bench.py"
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema.json"
 SCHEMA_VERSION = "1"
@@ -596,7 +596,7 @@ def make_report(cases: list[dict], *, suite: str | None = None, environment: dic
         "schema_version": SCHEMA_VERSION,
         "kind": "benchmark-report",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "tool": {"name": "benchmarks.harness", "version": HARNESS_VERSION},
+        "tool": {"name": "pipeline.measure.harness", "version": HARNESS_VERSION},
         "environment": environment,
         "cases": cases,
     }
@@ -689,7 +689,7 @@ def _summary_lines(report: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.harness", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pipeline.measure.harness", description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="+", help="model files (.onnx, .xml, .tflite, .plan/.engine)")
     p.add_argument("--name", action="append", default=None, help="case name per model (default: file name)")
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="one case per batch size")

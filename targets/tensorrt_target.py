@@ -28,7 +28,7 @@ class TensorRTBackend(Backend):
         ok, why = super().availability()
         if not ok:
             return ok, why
-        from targets.tensorrt import gpu_available, import_tensorrt
+        from targets.tensorrt_api import gpu_available, import_tensorrt
 
         trt, flavor = import_tensorrt()
         gpu, _ = gpu_available()
@@ -43,7 +43,7 @@ class TensorRTBackend(Backend):
         return fp32_onnx_copy(req)
 
     def quantize(self, req: QuantizeRequest) -> BuiltModel:
-        from targets.tensorrt import make_trt_qdq
+        from targets.tensorrt_qdq import make_trt_qdq
 
         req.out_dir.mkdir(parents=True, exist_ok=True)
         out = make_trt_qdq(req.fp32_onnx, req.out_dir / "model_int8_qdq.onnx", req.calibration,
@@ -57,7 +57,7 @@ class TensorRTBackend(Backend):
 
     def compile(self, built: BuiltModel, profile: Any, out_dir: Path) -> dict[str, Any]:
         from targets.qdq_lint import lint_qdq
-        from targets.tensorrt import build_engine, gpu_available, import_tensorrt, parse_check
+        from targets.tensorrt_api import build_engine, gpu_available, import_tensorrt, parse_check
 
         lint = lint_qdq(built.model_file)
         info: dict[str, Any] = {"qdq_lint": {"ok": lint.ok, "errors": lint.errors, "warnings": lint.warnings,

@@ -1,4 +1,4 @@
-"""TensorRT (Jetson) backend pieces that need neither the pipeline nor (mostly) a GPU.
+"""The TensorRT API (parse check, engine build) for the Jetson backend; needs neither the pipeline nor (mostly) a GPU.
 
 Written against the real TensorRT Python API and usable with either module:
 
@@ -17,7 +17,6 @@ Public functions
 ``build_engine(onnx_path, plan_path, *, trt=None, timing_cache_path=None, fp16_fallback=True, workspace_mb=1024,
                batch_profile=(1, 1, 32), strongly_typed=True) -> dict``
 ``load_and_time_engine(plan_path, *, trt=None, batch=1, warmup=20, iterations=200) -> dict``
-``make_trt_qdq(fp32_onnx, out_onnx, calibration, method="minmax") -> Path``
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ __all__ = [
     "parse_check",
     "build_engine",
     "load_and_time_engine",
-    "make_trt_qdq",
     "latency_stats",
 ]
 
@@ -556,40 +554,3 @@ def load_and_time_engine(plan_path, *, trt=None, batch: int = 1, warmup: int = 2
                 "load_seconds": round(load_s, 4), "outputs": outputs, "source": "measured"}
     finally:
         drv.close()
-
-
-# ------------------------------------------------------------------------------------ QDQ for TensorRT (ORT)
-
-def make_trt_qdq(fp32_onnx, out_onnx, calibration: np.ndarray, method: str = "minmax", *,
-                 batch_size: int = 16, nodes_to_exclude: list[str] | None = None, check: bool = True,
-                 percentile: float = 99.99, bins: int = 2048) -> Path:
-    """Quantize an FP32 ONNX into a TensorRT-rule QDQ ONNX with ``onnxruntime.quantization.quantize_static``.
-
-    S8S8 symmetric (zero point 0) QDQ, per-channel weights on the output-channel axis, float biases
-    (``QuantizeBias=False``). ``calibration``: float32 array, NCHW for image models. ``method``:
-    minmax | entropy | percentile (histograms with ``bins``). ``nodes_to_exclude`` keeps sensitive layers in
-    float. The output is written atomically and, with ``check``, linted (``targets.qdq_lint``): a ValueError
-    lists the broken rules.
-    """
-    from targets.onnxruntime import quantize_qdq
-
-    out_onnx = Path(out_onnx)
-    out_onnx.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_onnx.stem}.", suffix=".onnx", dir=out_onnx.parent)
-    os.close(fd)
-    try:
-        quantize_qdq(fp32_onnx, tmp, calibration, method=method, percentile=percentile, bins=bins,
-                     activation="s8", symmetric=True, exclude=nodes_to_exclude or [], batch_size=batch_size,
-                     # output channels of [K, N] MatMul weights are axis 1
-                     extra={"QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
-        if check:
-            from targets.qdq_lint import lint_qdq
-
-            report = lint_qdq(tmp)
-            if not report.ok:
-                raise ValueError("quantized model breaks TensorRT Q/DQ rules: " + "; ".join(report.errors))
-        os.replace(tmp, out_onnx)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out_onnx
