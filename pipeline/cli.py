@@ -10,18 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-
-def _console():
-    from rich.console import Console
-
-    # A pipe or CI log gets a wide table instead of rich's 80-column default.
-    return Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 200)
-
-
-def _err_console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
+from pipeline.console import console as _console, err_console as _err_console
 
 
 def cmd_run(args) -> int:

@@ -445,7 +445,7 @@ def _positive(text: str) -> int:
 
 def cmd_bench(args) -> int:
     from pipeline.artifacts import atomic_write_json
-    from pipeline.cli import _console
+    from pipeline.console import console as _console
 
     path = Path(args.path)
     settings = Settings(batches=args.batch, threads=args.threads, profile=args.profile, source=args.source,

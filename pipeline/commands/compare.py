@@ -55,7 +55,7 @@ def print_result(result, console) -> None:
 
 def cmd_compare(args) -> int:
     from pipeline.measure.compare import compare_reports, load_report, to_junit, to_markdown
-    from pipeline.cli import _console
+    from pipeline.console import console as _console
 
     hint = "give two benchmark reports written by `python -m pipeline bench --json` (benchmarks/schema.json)"
     try:

@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.data.datasets import RawData
+from pipeline.data.types import RawData
 from pipeline.errors import ConfigError, DataError
 
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
