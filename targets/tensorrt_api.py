@@ -16,12 +16,10 @@ Public functions
 ``parse_check(onnx_path, *, trt=None, expected_trt="10.3") -> dict``
 ``build_engine(onnx_path, plan_path, *, trt=None, timing_cache_path=None, fp16_fallback=True, workspace_mb=1024,
                batch_profile=(1, 1, 32), strongly_typed=True) -> dict``
-``load_and_time_engine(plan_path, *, trt=None, batch=1, warmup=20, iterations=200) -> dict``
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import importlib
 import os
@@ -31,8 +29,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
-
 __all__ = [
     "EXPECTED_JETSON_TRT",
     "TensorRTUnavailable",
@@ -40,8 +36,6 @@ __all__ = [
     "gpu_available",
     "parse_check",
     "build_engine",
-    "load_and_time_engine",
-    "latency_stats",
 ]
 
 EXPECTED_JETSON_TRT = "10.3"  # JetPack 6.1 / 6.2 on Orin
@@ -359,198 +353,19 @@ def build_engine(onnx_path, plan_path, *, trt=None, timing_cache_path=None, fp16
     return info
 
 
-# ------------------------------------------------------------------------------------------- CUDA (ctypes)
-
-class _CudaDriver:
-    """The few CUDA driver-API calls needed to run an engine; stdlib ctypes only (no cuda-python/torch needed).
-
-    TensorRT uses the CUDA runtime, which binds to the device's primary context: retaining that context and
-    making it current here lets both share buffers and streams."""
-
-    def __init__(self, device: int = 0):
-        names = ("nvcuda.dll",) if os.name == "nt" else ("libcuda.so.1", "libcuda.so")
-        first = None
-        for n in names:
-            try:
-                self.lib = ctypes.CDLL(n)
-                break
-            except OSError as exc:
-                first = first or exc
-        else:
-            raise RuntimeError(f"no NVIDIA driver ({first})")
-        L, u64, vp = self.lib, ctypes.c_uint64, ctypes.c_void_p
-        sigs = {
-            "cuInit": [ctypes.c_uint], "cuDeviceGetCount": [ctypes.POINTER(ctypes.c_int)],
-            "cuDeviceGet": [ctypes.POINTER(ctypes.c_int), ctypes.c_int],
-            "cuDeviceGetName": [ctypes.c_char_p, ctypes.c_int, ctypes.c_int],
-            "cuDevicePrimaryCtxRetain": [ctypes.POINTER(vp), ctypes.c_int],
-            "cuDevicePrimaryCtxRelease_v2": [ctypes.c_int], "cuCtxSetCurrent": [vp],
-            "cuMemAlloc_v2": [ctypes.POINTER(u64), ctypes.c_size_t], "cuMemFree_v2": [u64],
-            "cuMemcpyHtoDAsync_v2": [u64, vp, ctypes.c_size_t, vp],
-            "cuMemcpyDtoHAsync_v2": [vp, u64, ctypes.c_size_t, vp],
-            "cuStreamCreate": [ctypes.POINTER(vp), ctypes.c_uint], "cuStreamDestroy_v2": [vp],
-            "cuStreamSynchronize": [vp], "cuGetErrorString": [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)],
-        }
-        for fn, args in sigs.items():
-            f = getattr(L, fn)
-            f.argtypes, f.restype = args, ctypes.c_int
-        self._check(L.cuInit(0), "cuInit")
-        count = ctypes.c_int(0)
-        self._check(L.cuDeviceGetCount(ctypes.byref(count)), "cuDeviceGetCount")
-        if count.value <= device:
-            raise RuntimeError(f"no CUDA device {device} ({count.value} found)")
-        self.count = count.value
-        self.dev = ctypes.c_int()
-        self._check(L.cuDeviceGet(ctypes.byref(self.dev), device), "cuDeviceGet")
-        self.ctx = vp()
-        self._ctx_retained = False
-        self.ptrs: list[int] = []
-        self.stream = vp()
-
-    def _check(self, rc: int, what: str):
-        if rc != 0:
-            msg = ctypes.c_char_p()
-            try:
-                self.lib.cuGetErrorString(rc, ctypes.byref(msg))
-            except Exception:
-                pass
-            raise RuntimeError(f"{what} failed: CUDA error {rc}"
-                               + (f" ({msg.value.decode()})" if msg.value else ""))
-
-    def name(self) -> str:
-        buf = ctypes.create_string_buffer(256)
-        self._check(self.lib.cuDeviceGetName(buf, 256, self.dev), "cuDeviceGetName")
-        return buf.value.decode(errors="replace")
-
-    def open(self):
-        self._check(self.lib.cuDevicePrimaryCtxRetain(ctypes.byref(self.ctx), self.dev), "cuDevicePrimaryCtxRetain")
-        self._ctx_retained = True
-        self._check(self.lib.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
-        self._check(self.lib.cuStreamCreate(ctypes.byref(self.stream), 0), "cuStreamCreate")
-        return self
-
-    def malloc(self, nbytes: int) -> int:
-        p = ctypes.c_uint64()
-        self._check(self.lib.cuMemAlloc_v2(ctypes.byref(p), max(int(nbytes), 1)), "cuMemAlloc")
-        self.ptrs.append(p.value)
-        return p.value
-
-    def htod(self, ptr: int, arr: np.ndarray):
-        self._check(self.lib.cuMemcpyHtoDAsync_v2(ptr, arr.ctypes.data, arr.nbytes, self.stream), "cuMemcpyHtoD")
-
-    def dtoh(self, arr: np.ndarray, ptr: int):
-        self._check(self.lib.cuMemcpyDtoHAsync_v2(arr.ctypes.data, ptr, arr.nbytes, self.stream), "cuMemcpyDtoH")
-
-    def sync(self):
-        self._check(self.lib.cuStreamSynchronize(self.stream), "cuStreamSynchronize")
-
-    @property
-    def stream_handle(self) -> int:
-        return int(self.stream.value or 0)
-
-    def close(self):
-        for p in self.ptrs:
-            self.lib.cuMemFree_v2(p)
-        self.ptrs = []
-        if self.stream.value:
-            self.lib.cuStreamDestroy_v2(self.stream)
-            self.stream = ctypes.c_void_p()
-        if self._ctx_retained:
-            self.lib.cuDevicePrimaryCtxRelease_v2(self.dev)
-            self._ctx_retained = False
-
-
 def gpu_available() -> tuple[bool, str]:
-    """Whether an NVIDIA GPU is usable here, through the CUDA driver (libcuda) - no torch/cuda-python needed."""
+    """Whether an NVIDIA GPU is usable here, through the CUDA driver (libcuda) - no torch/cuda-python needed.
+
+    Uses the driver wrapper of the bundle's bench_engine.py (the one timing path, run on the device)."""
+    from targets.standalone.tensorrt.bench_engine import CudaDriver
+
     try:
-        drv = _CudaDriver()
+        drv = CudaDriver()
     except Exception as exc:
         return False, str(exc)
     try:
-        return True, f"{drv.count} CUDA device(s), device 0: {drv.name()}"
+        return True, f"CUDA device 0: {drv.name()}"
     except Exception as exc:
         return False, str(exc)
-
-
-def latency_stats(times_ms) -> dict:
-    a = np.asarray(times_ms, dtype=np.float64)
-    mean = float(a.mean())
-    std = float(a.std(ddof=1)) if a.size > 1 else 0.0
-    return {"min": float(a.min()), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "mean": mean, "std": std, "cv": std / mean if mean > 0 else 0.0}
-
-
-def load_and_time_engine(plan_path, *, trt=None, batch: int = 1, warmup: int = 20, iterations: int = 200,
-                         seed: int = 0) -> dict:
-    """Deserialize ``plan_path``, set the batch on the dynamic inputs, run it on a CUDA stream and time it.
-
-    Needs an NVIDIA GPU (and the TensorRT that built the plan). Timing is host wall-clock around
-    ``execute_async_v3`` + stream synchronize (inputs copied once, outside the loop, like trtexec
-    --noDataTransfers). Returns ``{"ok": False, "skipped": True, "reason": ...}`` when no GPU is usable, else the
-    benchmark record (runtime, runtime_version, device, batch, iterations, latency_ms{min,p50,p90,p99,mean,std,cv},
-    throughput_ips, load_seconds, outputs, source "measured")."""
-    trt, flavor = _resolve(trt)
-    ok, reason = gpu_available()
-    if not ok:
-        return {"ok": False, "skipped": True, "reason": f"needs an NVIDIA GPU: {reason}", "runtime": flavor}
-    if not Path(plan_path).is_file():
-        return {"ok": False, "skipped": False, "reason": f"{plan_path}: no such plan file", "runtime": flavor}
-    logger = _make_logger(trt)
-    drv = _CudaDriver().open()
-    try:
-        t0 = time.perf_counter()
-        runtime = trt.Runtime(logger)
-        engine = runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
-        if engine is None:
-            return {"ok": False, "skipped": False, "reason": "deserialize_cuda_engine failed: "
-                    + "; ".join(logger.errors() or ["plan built by another TensorRT version or GPU?"])}
-        context = engine.create_execution_context()
-        load_s = time.perf_counter() - t0
-        rng = np.random.default_rng(seed)
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        host: dict[str, np.ndarray] = {}
-        for n in inputs:
-            shape = list(engine.get_tensor_shape(n))
-            if any(d < 0 for d in shape):
-                opt = list(engine.get_tensor_profile_shape(n, 0)[1])
-                shape = [batch if (i == 0 and d < 0) else (opt[i] if d < 0 else d) for i, d in enumerate(shape)]
-            context.set_input_shape(n, shape)
-            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(n)))
-            arr = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype))
-            host[n] = np.ascontiguousarray(arr)
-        for n in names:
-            if n not in host:
-                shape = [int(d) for d in context.get_tensor_shape(n)]
-                host[n] = np.empty(shape, np.dtype(trt.nptype(engine.get_tensor_dtype(n))))
-        for n in names:
-            ptr = drv.malloc(host[n].nbytes)
-            context.set_tensor_address(n, ptr)
-            if n in inputs:
-                drv.htod(ptr, host[n])
-        drv.sync()
-        for _ in range(max(0, warmup)):
-            context.execute_async_v3(drv.stream_handle)
-            drv.sync()
-        times = []
-        for _ in range(max(1, iterations)):
-            t = time.perf_counter()
-            if not context.execute_async_v3(drv.stream_handle):
-                raise RuntimeError("execute_async_v3 failed: " + "; ".join(logger.errors()))
-            drv.sync()
-            times.append((time.perf_counter() - t) * 1e3)
-        outputs = {}
-        for n in names:
-            if n not in inputs:
-                drv.dtoh(host[n], context.get_tensor_address(n))
-        drv.sync()
-        for n in names:
-            if n not in inputs:
-                outputs[n] = {"shape": list(host[n].shape), "finite": bool(np.all(np.isfinite(host[n])))}
-        stats = latency_stats(times)
-        return {"ok": True, "runtime": flavor, "runtime_version": str(trt.__version__), "device": drv.name(),
-                "batch": batch, "warmup": warmup, "iterations": len(times), "latency_ms": stats,
-                "throughput_ips": batch * 1e3 / stats["p50"] if stats["p50"] > 0 else None,
-                "load_seconds": round(load_s, 4), "outputs": outputs, "source": "measured"}
     finally:
         drv.close()
