@@ -1,4 +1,4 @@
-"""targets/standalone/bench.py, benchmarks/harness.py and benchmarks/schema.json on small real models.
+"""targets/standalone/bench.py, pipeline/measure/harness.py and pipeline/measure/schema.json on small real models.
 
 Timings on this machine are noisy (shared cores): only orderings and structure are asserted, never speeds.
 """

@@ -1,4 +1,4 @@
-"""benchmarks/compare.py: the noise-aware regression gate, its Markdown/JUnit output and CLI exit codes.
+"""pipeline/measure/compare.py: the noise-aware regression gate, its Markdown/JUnit output and CLI exit codes.
 Reports are synthetic (valid against schema.json) so these tests are fast and deterministic."""
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ the children run the bundle's own bench.py).
 Each case is timed by pipeline.measure.harness (fresh child per repeat, median of medians; threads and batch
 sizes from the device profile, threads capped at this host's cores), each artifact's accuracy from
 run.json (or the bundle manifest) is attached with its source, and the report follows
-benchmarks/schema.json, so `python -m pipeline compare` can gate latency and accuracy.
+pipeline/measure/schema.json, so `python -m pipeline compare` can gate latency and accuracy.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`python -m pipeline compare NEW.json BASELINE.json`: the CI gate, a thin wrapper over benchmarks/compare.py.
+"""`python -m pipeline compare NEW.json BASELINE.json`: the CI gate, a thin wrapper over pipeline/measure/compare.py.
 
     python -m pipeline compare bench.json benchmarks/baselines/x86-host.json --max-regression 10% \
         --max-accuracy-drop 0.01 --markdown "$GITHUB_STEP_SUMMARY" --junit compare.xml
@@ -57,7 +57,7 @@ def cmd_compare(args) -> int:
     from pipeline.measure.compare import compare_reports, load_report, to_junit, to_markdown
     from pipeline.console import console as _console
 
-    hint = "give two benchmark reports written by `python -m pipeline bench --json` (benchmarks/schema.json)"
+    hint = "give two benchmark reports written by `python -m pipeline bench --json` (pipeline/measure/schema.json)"
     try:
         new = load_report(args.new)
         base = load_report(args.baseline)

@@ -5,8 +5,8 @@
     # back on the host:
     python -m pipeline import-results runs/default device.json --target rpi
 
-The file is a `case-result` (bench.py) or a `benchmark-report` (benchmarks/harness.py), validated against
-benchmarks/schema.json. Each result is tied to a run artifact by the sha256 of the model it timed (bench.py
+The file is a `case-result` (bench.py) or a `benchmark-report` (pipeline/measure/harness.py), validated against
+pipeline/measure/schema.json. Each result is tied to a run artifact by the sha256 of the model it timed (bench.py
 hashes OpenVINO IR as .xml + .bin; that digest is recomputed from the bundle): a result whose model is not
 one of the run's artifacts (for --target, one of that target's) is refused, so timings of another model are
 never merged. Figures must say `source: device-measured`.
@@ -81,7 +81,7 @@ def read_result(path: Path) -> dict:
     errors = validation_errors(doc)
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise DataError(f"{path.name} does not follow benchmarks/schema.json: {errors[0]}{more}",
+        raise DataError(f"{path.name} does not follow pipeline/measure/schema.json: {errors[0]}{more}",
                         hint="import the unmodified JSON that bench.py (or the harness) wrote")
     return doc
 

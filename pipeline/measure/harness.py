@@ -93,7 +93,7 @@ def validate(doc: Any, what: str = "benchmark JSON") -> None:
     errors = validation_errors(doc)
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise DataError(f"{what} does not follow benchmarks/schema.json: {errors[0]}{more}")
+        raise DataError(f"{what} does not follow pipeline/measure/schema.json: {errors[0]}{more}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -214,7 +214,7 @@ def run_evaluate(runner: Runner, recipe, profile, data: StageResult, export: Sta
 
 def run_benchmark(runner: Runner, recipe, name: str, label: str, cases: list[dict], inputs: dict[str, StageResult],
                   extra_config: Any = None) -> StageResult:
-    """Measure each case in child processes (benchmarks/harness.py); cached on the artifacts' hashes
+    """Measure each case in child processes (pipeline/measure/harness.py); cached on the artifacts' hashes
     and this host, since a measurement is only reusable on the same machine."""
     b = recipe.benchmark
 

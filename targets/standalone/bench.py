@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Benchmark one model in this process and print one JSON "case result" (benchmarks/schema.json).
+"""Benchmark one model in this process and print one JSON "case result" (pipeline/measure/schema.json).
 
 STANDALONE: copied into deployment bundles beside runtime.py; needs only the standard library, numpy
-and the model's runtime package. The host harness (benchmarks/harness.py) runs this same script in a
+and the model's runtime package. The host harness (pipeline/measure/harness.py) runs this same script in a
 fresh child process per repeat, so host, device and CI numbers share one protocol and one schema.
 
     python bench.py model.onnx --batch 1 --threads 2 --json result.json

@@ -118,7 +118,7 @@ def atomic_write(path: Path, data) -> None:
 
 def build(trt, onnx_path: Path, plan_path: Path, *, timing_cache=None, batch_profile=(1, 1, 32),
           workspace_mb=1024, strongly_typed=True, fp16_fallback=True, verbose=False) -> dict:
-    """Same logic as the project's targets.tensorrt.build_engine (kept small: the bundle cannot import it)."""
+    """Same logic as the project's targets.tensorrt_api.build_engine (kept small: the bundle cannot import it)."""
     logger = make_logger(trt, verbose)
     t0 = time.perf_counter()
     builder = trt.Builder(logger)
