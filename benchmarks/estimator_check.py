@@ -3,7 +3,7 @@
 Builds ImageNet ResNet-18 and ResNet-50 (benchmarks/reference_models.py), exports them to ONNX (legacy
 exporter, opset 17) into a temporary folder, checks their MAC and parameter counts against the published
 ones (within 3%), estimates their latency on the jetson-agx-xavier profile at FP16 batch 1 and compares
-with the published TensorRT latencies in REFERENCES.md.
+with the published TensorRT latencies in docs/PUBLISHED_FIGURES.md.
 
 Honesty rules: the GPU efficiency factor was fitted ONCE, on the ResNet-50 point (role "fit"); the
 ResNet-18 point (role "check") was not used to choose any number. The column "implied eff." shows the
@@ -33,7 +33,7 @@ from targets.profiles import Profile, load_profiles, resolve_profile  # noqa: E4
 
 RATIO_RANGE = (0.5, 2.0)
 MAC_TOLERANCE = 0.03
-TORCH2TRT = "NVIDIA-AI-IOT/torch2trt benchmarks (REFERENCES.md)"
+TORCH2TRT = "NVIDIA-AI-IOT/torch2trt benchmarks (docs/PUBLISHED_FIGURES.md)"
 
 #: published points that are compared; "fit" chose the efficiency, "check" did not
 REFERENCE_POINTS = [
@@ -46,11 +46,11 @@ REFERENCE_POINTS = [
 #: published points that are NOT compared, and why
 NOT_COMPARED = [
     {"model": "pruned ResNet-50", "device": "jetson-orin-nano / jetson-agx-orin", "published_ms": "3.24 / 0.95",
-     "source": "Nota-NetsPresso netspresso-trainer device matrix (REFERENCES.md)",
+     "source": "Nota-NetsPresso netspresso-trainer device matrix (docs/PUBLISHED_FIGURES.md)",
      "reason": "pruning ratio (remaining channels per layer), precision and TensorRT version are not stated: "
                "the measured model cannot be rebuilt, so its MACs are unknown"},
     {"model": "MobileNetV3-small", "device": "jetson-orin-nano / jetson-agx-orin", "published_ms": "1.34 / 0.59",
-     "source": "Nota-NetsPresso netspresso-trainer device matrix (REFERENCES.md)",
+     "source": "Nota-NetsPresso netspresso-trainer device matrix (docs/PUBLISHED_FIGURES.md)",
      "reason": "precision and whether pre/post-processing or transfers are timed are not stated; at about "
                "56 MMAC the figure measures per-layer overhead, not the roofline, so it could only be matched "
                "by fitting the overhead to it"},

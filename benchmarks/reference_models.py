@@ -1,5 +1,5 @@
 """ImageNet ResNet-18 and ResNet-50 (He et al. 2015, torchvision layout), written out here because
-torchvision is not importable beside torch 2.13 CPU (FACTS.md). Used to check the latency estimator
+torchvision is not importable beside torch 2.13 CPU (docs/TOOLCHAIN.md). Used to check the latency estimator
 against published device latencies; the weights are random (latency does not depend on them).
 
 Reference counts at 224x224, 1000 classes: ResNet-18 1.82 GMAC, 11.69 M params;

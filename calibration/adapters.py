@@ -32,7 +32,7 @@ def ort_reader(x: np.ndarray, input_name: str, batch: int = 1):
 def ort_calibration_args(method: str, percentile: float, bins: int):
     """Map our method names to ORT's CalibrationMethod and extra options.
 
-    FACTS.md: Entropy inside quantize_static with its default bin count gave the same
+    docs/TOOLCHAIN.md: Entropy inside quantize_static with its default bin count gave the same
     scales as MinMax, so the bin count is always passed explicitly.
     """
     from onnxruntime.quantization import CalibrationMethod

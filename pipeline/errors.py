@@ -1,6 +1,6 @@
 """Errors the CLI turns into one clear line and an exit code.
 
-Exit codes (DESIGN.md): 0 done, 1 a gate or regression failed, 2 bad input or config,
+Exit codes (docs/ERRORS.md): 0 done, 1 a gate or regression failed, 2 bad input or config,
 3 a dependency for a requested target is missing.
 """
 from __future__ import annotations

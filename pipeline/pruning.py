@@ -14,7 +14,7 @@ so the result is a smaller dense model that every runtime runs faster:
   channels (their input channels follow the layer before them).
 
 torch-pruning cannot follow every channel coupling: channel padding with ``F.pad`` (option-A CIFAR
-ResNet shortcuts, FACTS.md) is traced as an element-wise op, and the pruned model then fails its forward.
+ResNet shortcuts, docs/TOOLCHAIN.md) is traced as an element-wise op, and the pruned model then fails its forward.
 Every pruned model is therefore checked (forward on a real batch, then ONNX export run in ONNX Runtime
 against PyTorch); when the forward fails, each channel group is pruned alone on a copy to find the groups
 that break it, those are excluded (named in the stage notes) and pruning runs again. If the model still

@@ -1,6 +1,6 @@
 """LiteRT (TFLite) for ARM CPUs, converted from the torch module with litert-torch.
 
-FACTS.md: litert-torch converts the nn.Module directly; INT8 goes through its PT2E quantizer
+docs/TOOLCHAIN.md: litert-torch converts the nn.Module directly; INT8 goes through its PT2E quantizer
 (per-channel symmetric weights, static activations). Calibrate at the export's batch size (1).
 `litert_torch.to_channel_last_io` gives an NHWC input. Run with ai-edge-litert (XNNPACK).
 The ARM board is not this host, so host numbers are `host-measured`.
@@ -84,7 +84,7 @@ class LiteRTBackend(Backend):
 
         exported = torch.export.export(module, (sample,)).module()
         prepared = move_exported_model_to_eval(prepare_pt2e(exported, quantizer))
-        # Same batch size as the export (FACTS.md): a different batch breaks the static shapes.
+        # Same batch size as the export (docs/TOOLCHAIN.md): a different batch breaks the static shapes.
         batch = int(sample.shape[0])
         calib = req.calibration
         used = (len(calib) // batch) * batch

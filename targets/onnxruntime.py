@@ -1,6 +1,6 @@
 """ONNX Runtime on x86 CPUs: INT8 as U8S8 QDQ (uint8 activations, int8 per-channel weights).
 
-FACTS.md: the default S8S8 form was slower than FP32 on this CPU (only some convs fused);
+docs/TOOLCHAIN.md: the default S8S8 form was slower than FP32 on this CPU (only some convs fused);
 U8S8 ran every conv, add and the linear layer in integer, 2.6-2.8x faster at batch 1.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """OpenVINO on x86 CPUs: FP32 IR, INT8 through NNCF post-training quantization of the IR.
 
-FACTS.md:
+docs/TOOLCHAIN.md:
 - `ov.convert_model` from the ONNX file keeps the dynamic batch; `ov.save_model` stores FP16
   weights unless `compress_to_fp16=False`.
 - This CPU's default inference precision is bf16: a true FP32 baseline is compiled with

@@ -52,7 +52,7 @@ def test_backends_and_arch(builtins):
 
 
 def test_jetson_peaks_are_dense_gpu_figures(builtins):
-    """REFERENCES.md publishes sparse GPU+DLA TOPS; the estimator must use dense GPU figures."""
+    """docs/PUBLISHED_FIGURES.md publishes sparse GPU+DLA TOPS; the estimator must use dense GPU figures."""
     published_sparse = {"jetson-orin-nano": 40, "jetson-orin-nx": 100, "jetson-agx-orin": 275}
     for name, sparse in published_sparse.items():
         fig = builtins[name].peaks.int8_tops
@@ -67,7 +67,7 @@ def test_jetson_peaks_are_dense_gpu_figures(builtins):
 def test_host_measured_peaks_are_labelled(builtins):
     for name in ("x86-cpu", "onnxruntime"):
         fig = builtins[name].peaks.int8_tops
-        assert "measured on the dev host" in fig.source and "FACTS.md" in fig.source
+        assert "measured on the dev host" in fig.source and "docs/TOOLCHAIN.md" in fig.source
         assert fig.value == pytest.approx(0.652 * 2)
 
 

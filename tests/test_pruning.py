@@ -266,7 +266,7 @@ def test_option_a_with_nothing_else_to_prune_stops_naming_the_layers(inputs, tmp
 
 
 def test_raw_torch_pruning_breaks_option_a(tmp_path):
-    """The failure the pipeline guards against is real (FACTS.md): torch-pruning alone breaks the forward."""
+    """The failure the pipeline guards against is real (docs/TOOLCHAIN.md): torch-pruning alone breaks the forward."""
     import importlib.util
 
     import torch_pruning as tp

@@ -124,7 +124,7 @@ def test_openvino_plugin_default_precision_is_reported(models):
     m = rt.load_model(models["xml"], threads=1, precision_hint="default")
     assert m.info["precision_hint"] == "default"
     conv = rt.runtime_precisions(m)["Convolution"]
-    # bf16 on CPUs with avx512_bf16/AMX (FACTS.md), f32 elsewhere: either way it is reported
+    # bf16 on CPUs with avx512_bf16/AMX (docs/TOOLCHAIN.md), f32 elsewhere: either way it is reported
     assert set(conv) <= {"f32", "bf16", "f16"}
     assert m.info["inference_precision"] in ("f32", "bf16", "f16")
 

@@ -133,7 +133,7 @@ def test_vision_extras_missing_give_exit_code_3(monkeypatch, scheme):
 
 
 def test_broken_torchvision_gives_exit_3_on_the_cli(tmp_path):
-    """FACTS.md: torchvision 0.28 beside torch 2.13 raises RuntimeError on import; a fake one reproduces it."""
+    """docs/TOOLCHAIN.md: torchvision 0.28 beside torch 2.13 raises RuntimeError on import; a fake one reproduces it."""
     from conftest import cli_env, fast_args, run_cli
 
     fake = tmp_path / "fake" / "torchvision"

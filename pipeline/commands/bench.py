@@ -101,7 +101,7 @@ def _load_profile(name: str | None, *, required: bool):
 
 
 def host_source(backend: str | None) -> str:
-    """Label of a number timed on this host for a target of ``backend`` (DESIGN.md: sources).
+    """Label of a number timed on this host for a target of ``backend`` (docs/CI.md: sources).
     TensorRT's host path is an estimate; running its QDQ ONNX here is a host measurement of the artifact."""
     if not backend:
         return "measured"

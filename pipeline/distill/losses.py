@@ -11,14 +11,14 @@ and the total loss is ``sum(weight * term(batch))``. Each term is a small ``nn.M
 scalar. Feature terms (``fitnet``, ``at``) name layers by module path; :func:`build_criterion` taps them
 with forward hooks (:class:`~pipeline.distill.hooks.FeatureTap`), so user models need no changes.
 
-Terms and where their defaults come from (see also /work/shared/REFERENCES.md):
+Terms and where their defaults come from (see also docs/PUBLISHED_FIGURES.md):
 
 =========  ==================================================================================  =====================
 name       what                                                                                defaults (source)
 =========  ==================================================================================  =====================
 ce         cross-entropy with the labels                                                       label_smoothing 0
 kd         Hinton et al. 2015: KL(softmax(t/T) || softmax(s/T)) * T^2                          T=4 (RepDistiller,
-                                                                                               mdistiller, REFERENCES)
+                                                                                               mdistiller)
 dkd        Decoupled KD, Zhao et al. CVPR 2022, exactly as megvii-research/mdistiller          alpha=1, beta=8, T=4,
            ``dkd_loss``: alpha*TCKD + beta*NCKD, times min(epoch/warmup, 1)                    warmup=20 (mdistiller
                                                                                                cfg.py CFG.DKD)
@@ -131,7 +131,7 @@ def _as_list(x: str | list[str] | None) -> list[str]:
     return [] if x is None else [x] if isinstance(x, str) else list(x)
 
 
-#: Hinton KD as RepDistiller and REFERENCES.md run it on CIFAR: CE weight 0.1, KD weight 0.9, T=4.
+#: Hinton KD as RepDistiller and docs/PUBLISHED_FIGURES.md run it on CIFAR: CE weight 0.1, KD weight 0.9, T=4.
 DEFAULT_TERMS: list[LossTerm] = [
     LossTerm(name="ce", weight=0.1),
     LossTerm(name="kd", weight=0.9, temperature=4.0),
@@ -272,7 +272,7 @@ class CrossEntropyTerm(nn.Module):
 
 
 class KDTerm(nn.Module):
-    """``kd``: Hinton KD with temperature T (default 4: RepDistiller / mdistiller / REFERENCES.md)."""
+    """``kd``: Hinton KD with temperature T (default 4: RepDistiller / mdistiller / docs/PUBLISHED_FIGURES.md)."""
 
     def __init__(self, temperature: float = 4.0):
         super().__init__()
@@ -285,7 +285,7 @@ class KDTerm(nn.Module):
 class DKDTerm(nn.Module):
     """``dkd``: decoupled KD, ``min(epoch / warmup, 1) * (alpha * TCKD + beta * NCKD)``.
 
-    Defaults alpha=1, beta=8, T=4, warmup=20 are mdistiller's CFG.DKD (REFERENCES.md: beta=2 for
+    Defaults alpha=1, beta=8, T=4, warmup=20 are mdistiller's CFG.DKD (docs/PUBLISHED_FIGURES.md: beta=2 for
     ResNet-56/110 teachers). ``warmup=0`` disables the ramp.
     """
 

@@ -126,7 +126,7 @@ def spec_fingerprint(spec: str) -> str | None:
 def _torchvision(name: str, kwargs: dict[str, Any], in_channels: int, num_classes: int) -> nn.Module:
     try:
         import torchvision.models as tvm
-    except Exception as e:  # ImportError, or the torch/torchvision operator mismatch (FACTS.md)
+    except Exception as e:  # ImportError, or the torch/torchvision operator mismatch (docs/TOOLCHAIN.md)
         raise MissingDependency(f"torchvision is not usable here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
                                 hint="pip install -e '.[vision]' (needs torch 2.14.1 + torchvision 0.29.1)") from None
     if name not in tvm.list_models():

@@ -37,7 +37,7 @@ class BasicBlock(nn.Module):
     """CIFAR ResNet block with a 1x1 projection shortcut (option B).
 
     Option A (zero-padding the channels with F.pad) is not followed by torch-pruning's
-    dependency graph (FACTS.md), so the built-ins use projections.
+    dependency graph (docs/TOOLCHAIN.md), so the built-ins use projections.
     """
 
     def __init__(self, cin: int, cout: int, stride: int):

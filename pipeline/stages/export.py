@@ -18,7 +18,7 @@ INPUT, OUTPUT = "input", "logits"
 
 
 def export_onnx(model, example: torch.Tensor, path, opset: int) -> None:
-    """Legacy exporter: about 8x faster than dynamo here (FACTS.md), dynamic batch via dynamic_axes."""
+    """Legacy exporter: about 8x faster than dynamo here (docs/TOOLCHAIN.md), dynamic batch via dynamic_axes."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model.eval(), (example,), str(path), input_names=[INPUT], output_names=[OUTPUT],

@@ -287,7 +287,7 @@ class OpenVINOModel(Model):
         if not os.path.exists(bin_path):
             raise RuntimeLoadError(f"{path}: the weights file {os.path.basename(bin_path)} is missing beside it")
         core = ov.Core()
-        # FACTS: on CPUs with bf16 support OpenVINO silently runs bf16; f32 is the honest default.
+        # On CPUs with bf16 support OpenVINO (2026.4) silently runs bf16; f32 is the honest default.
         hint = (precision_hint or "f32").lower()
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if hint not in ("default", "auto", "none"):
