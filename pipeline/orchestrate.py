@@ -13,6 +13,7 @@ from typing import Any
 from calibration.select import build_calibration_set
 from pipeline.artifacts import atomic_write_json
 from pipeline.errors import GateError, MissingDependency, PipelineError
+from pipeline.logs import capture_run_output, third_party
 from pipeline.runner import Runner, RunLock, StageContext, StageResult, environment
 from pipeline.stages.bundle import run_bundle
 from pipeline.stages.data import read_splits, run_data
@@ -45,7 +46,8 @@ def _importable(backend) -> tuple[bool, str]:
         return ok, why
     for m in backend.modules:
         try:
-            importlib.import_module(m)
+            with third_party():  # import-time banners (absl, oneDNN, torchao) go to the run's log
+                importlib.import_module(m)
         except Exception as e:
             return False, f"{m} is installed but does not import ({type(e).__name__}: {e})"
     return True, why
@@ -94,7 +96,7 @@ def run_pipeline(recipe, out: Path, profile_paths: list[str] = (), console=None)
     out = Path(out)
     profiles, skipped = select_profiles(recipe.targets, profile_paths)
     t0 = time.perf_counter()
-    with RunLock(out / ".lock"):
+    with RunLock(out / ".lock"), capture_run_output(out):  # third-party output -> out/logs/run.log
         runner = Runner(out, console=console)
         data = run_data(runner, recipe)
         calib = run_calibration(runner, recipe, data)
