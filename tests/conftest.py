@@ -60,6 +60,8 @@ def fast_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fast_run") / "run"
     p = run_cli("run", "--target", "onnxruntime", "--target", "jetson", "--out", str(out), *fast_args())
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    (out.parent / "terminal.stdout").write_text(p.stdout)  # what the user saw (tests/test_terminal_clean.py)
+    (out.parent / "terminal.stderr").write_text(p.stderr)
     return out
 
 
