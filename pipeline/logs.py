@@ -49,7 +49,7 @@ def _flush_c_stdio() -> None:
 
 def _written_by_a_library() -> bool:
     """Whether the code writing now (outside the routing stream) is a third-party library's."""
-    f = sys._getframe(2)
+    f: Any = sys._getframe(2)
     while f is not None:
         name = f.f_globals.get("__name__") or ""
         top = name.partition(".")[0]
