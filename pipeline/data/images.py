@@ -20,6 +20,8 @@ pixels are refused: they are normalized data, not pixels.
 """
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import warnings
 from pathlib import Path
@@ -112,6 +114,14 @@ def _decode(path: Path, channels: int, size: int | None) -> np.ndarray:
 
 def read_image(path: Path, channels: int, size: int | None) -> np.ndarray:
     """uint8 HxWxC (C = channels), or float32 HxWx1 for a high bit-depth image (scale it with to_uint8)."""
+    try:
+        st = os.stat(path)  # follows links: a broken one fails here
+    except OSError as e:
+        raise UnreadableImage(path, "broken link" if os.path.islink(path) else _describe(path, e)) from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or stream forever when opened
+        raise UnreadableImage(path, "not a regular file")
+    if st.st_size == 0:
+        raise UnreadableImage(path, "empty file (0 bytes)")
     try:
         return _decode(path, channels, size)
     except UnreadableImage:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,16 +76,15 @@ def _is_dir(p: Path) -> bool:
         return False
 
 
-def files_under(folder: Path) -> list[Path]:
-    """Every non-ignored file below folder (sorted); broken links are included (they are unreadable)."""
+def walk_files(folder: Path, skip_ignored: bool = True) -> list[Path]:
+    """Files below folder (sorted, linked folders followed); broken links and FIFOs are included (the
+    reader refuses them one by one); with skip_ignored, hidden and system names are left out."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=None):
-        dirnames[:] = sorted(d for d in dirnames if not ignored(d))
-        for n in sorted(filenames):
-            if not ignored(n):
-                out.append(Path(dirpath) / n)
-        if len(Path(dirpath).relative_to(folder).parts) > 32:  # a symlink loop
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not (skip_ignored and ignored(d)))
+        if len(Path(dirpath).relative_to(folder).parts) >= 32:  # a symlink loop
             dirnames[:] = []
+        out += [Path(dirpath) / n for n in sorted(filenames) if not (skip_ignored and ignored(n))]
     return out
 
 
@@ -175,11 +175,14 @@ def _holds_dirs(p: Path) -> bool:
     return bool(visible_dirs(p))
 
 
-def _unwrap(folder: Path, notes: list[str], what: str) -> Path:
-    """Follow single wrapper folders: folder holds exactly one folder (not a split) and no images."""
+def _unwrap(folder: Path, notes: list[str], what: str, split: str | None = None) -> Path:
+    """Follow single wrapper folders: folder holds exactly one folder and no images. At the top that folder
+    must not be a split (split detection reads it); inside a split it may repeat its name
+    (Kaggle's training_set/training_set/<classes>)."""
     for _ in range(MAX_UNWRAP):
         subs = visible_dirs(folder)
-        if len(subs) != 1 or split_of(subs[0].name) or loose_images(folder) or not _holds_dirs(subs[0]):
+        if len(subs) != 1 or split_of(subs[0].name) not in (None, split) or loose_images(folder) \
+                or not _holds_dirs(subs[0]):
             break
         notes.append(f"data: {what} {folder} holds one folder, {subs[0].name}/, which holds the class "
                      f"folders: using {subs[0]}")
@@ -200,7 +203,7 @@ def find_layout(root: Path) -> Layout:
     root = _unwrap(root, notes, "data.path")
     top = visible_dirs(root)
     if not top:
-        loose = len(files_under(root))
+        loose = len(walk_files(root))
         raise DataError(f"image folder {root} has no class sub-folders"
                         + (f" ({loose} files lie directly in it)" if loose else " (it is empty)"),
                         hint=layout_hint + ("; sort the images into one folder per class" if loose else ""))
@@ -241,7 +244,7 @@ def find_layout(root: Path) -> Layout:
     parts: dict[str, Path] = {}
     for d in splits:
         name = split_of(d.name)
-        folder = _unwrap(d, notes, f"the {name} folder")
+        folder = _unwrap(d, notes, f"the {name} folder", name)
         if not _holds_dirs(folder):
             n = len(loose_images(folder))
             if name == "train":
@@ -273,6 +276,10 @@ def fingerprint(path: str | Path) -> str:
     def add_file(f: Path, rel: str) -> None:
         h.update(rel.encode("utf-8", "surrogateescape"))
         try:
+            st = os.stat(f)
+            if not stat.S_ISREG(st.st_mode):  # opening a FIFO would block: hash its kind only
+                h.update(f"special:{stat.S_IFMT(st.st_mode)}".encode())
+                return
             fh = hashlib.sha256()
             with open(f, "rb") as fd:
                 while b := fd.read(1 << 20):
@@ -285,9 +292,6 @@ def fingerprint(path: str | Path) -> str:
     if not p.is_dir():
         add_file(p, p.name)
         return h.hexdigest()
-    for dirpath, dirnames, filenames in os.walk(p, onerror=None):
-        dirnames.sort()
-        for n in sorted(filenames):
-            f = Path(dirpath) / n
-            add_file(f, f.relative_to(p).as_posix())
+    for f in walk_files(p, skip_ignored=False):
+        add_file(f, f.relative_to(p).as_posix())
     return h.hexdigest()

@@ -42,7 +42,7 @@ import numpy as np
 from pipeline.data.checks import check_dataset
 from pipeline.data.datasets import RawData
 from pipeline.data.images import UnreadableImage, read_image, to_uint8
-from pipeline.data.layout import files_under, find_layout, loose_images, resolve_source, visible_dirs
+from pipeline.data.layout import walk_files, find_layout, loose_images, resolve_source, visible_dirs
 from pipeline.errors import ConfigError, DataError
 
 SHOW_BAD = 3  # how many bad files the skip warning names
@@ -145,7 +145,7 @@ def load_imagefolder(cfg) -> RawData:
             _warn(f"{len(stray)} image(s) lie directly in {folder}, outside any class folder: left out "
                   f"(e.g. {stray[0].name})")
         for label, cls in enumerate(class_names):
-            for f in files_under(folder / cls):
+            for f in walk_files(folder / cls):
                 files.append(f)
                 labels.append(label)
                 split_of.append(split)
