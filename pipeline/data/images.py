@@ -14,8 +14,9 @@ mode with no conversion) raises `UnreadableImage`, which the loaders route to th
 
 Scaling (`to_uint8`), one linear map for a whole array so relative intensities between images survive:
 uint8 as is; bool -> 0/255; float in [0, 1] -> x 255; values up to 255 -> as is; larger values -> x 255 /
-(2**b - 1) with b the smallest bit depth (10, 12, 14, 16, 24, 32) holding the largest value, i.e. the
-sensor's depth as found (12-bit data stored in 16-bit files keeps its contrast). Negative or NaN/Inf
+(2**b - 1) with b the smallest even bit depth (10, 12, 14, 16, ... 32) holding the largest value, i.e. the
+sensor's depth as found (12-bit data stored in 16-bit files keeps its contrast; the brightest pixel ends at
+>= 1/4 of the 8-bit range). Negative or NaN/Inf
 pixels are refused: they are normalized data, not pixels.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 from pipeline.errors import DataError
 
 HIGH_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
-BIT_DEPTHS = (8, 10, 12, 14, 16, 24, 32)
+BIT_DEPTHS = tuple(range(8, 33, 2))  # 8, 10, 12, 14, 16 (sensors), ... 32: the range used is >= 1/4
 
 
 class UnreadableImage(DataError):
