@@ -184,8 +184,8 @@ def _unwrap(folder: Path, notes: list[str], what: str, split: str | None = None)
         if len(subs) != 1 or split_of(subs[0].name) not in (None, split) or loose_images(folder) \
                 or not _holds_dirs(subs[0]):
             break
-        notes.append(f"data: {what} {folder} holds one folder, {subs[0].name}/, which holds the class "
-                     f"folders: using {subs[0]}")
+        notes.append(f"data: {what} {folder} holds only one folder, {subs[0].name}/ (a level too high): "
+                     f"using {subs[0]}")
         folder = subs[0]
     return folder
 
@@ -206,7 +206,8 @@ def find_layout(root: Path) -> Layout:
         loose = len(walk_files(root))
         raise DataError(f"image folder {root} has no class sub-folders"
                         + (f" ({loose} files lie directly in it)" if loose else " (it is empty)"),
-                        hint=layout_hint + ("; sort the images into one folder per class" if loose else ""))
+                        hint=layout_hint + ("; sort the images into one folder per class (if this is one "
+                                            f"class's folder, set data.path={root.parent})" if loose else ""))
     splits = [d for d in top if split_of(d.name)]
     others = [d for d in top if not split_of(d.name)]
     nested = _nested_datasets(root, others)

@@ -4,15 +4,17 @@ Every loader returns `RawData`: uint8 images NHWC (C = 1 or 3, RGB order), int64
 and - where the data fixes them - split indices. `datasets.load_splits` then normalizes (mean/std,
 channel order from the recipe) and carves any split the source does not fix from `train`.
 
-imagefolder (`data.path` is a folder)
+imagefolder (`data.path` is a folder; data.source=auto infers it, see layout.py)
     path/<class>/*            one sub-folder per class, split by the recipe's ratios (data.split)
-    path/train/<class>/*      fixed splits; `val/` (or `valid/`, `validation/`) and `test/` are optional,
-    path/val/<class>/*        a missing one is carved from train. Every split must hold the same class
-    path/test/<class>/*       folders (an empty class folder is fine).
-    Images are read with Pillow, converted to L (data.channels=1) or RGB (3) and resized to
-    data.input_size (bilinear, as the bundle's run.py does), so images of any size stack. Hidden files
-    (.DS_Store...) are ignored. A file Pillow cannot read is skipped with one warning line
-    (data.bad_images=skip) or stops the run naming it (data.bad_images=error).
+    path/train/<class>/*      fixed splits, named as found (Training/, train_set/, valid/, eval/, Testing/...,
+    path/val/<class>/*        any case: layout.split_of); val and test are optional, a missing one is carved
+    path/test/<class>/*       from train. Every split must hold the same class folders (an empty one is fine).
+    A data.path one level too high (one wrapper folder) is followed with a line saying so; __MACOSX, hidden
+    and system folders are never classes; at least 2 classes, each with images (checks.py).
+    Images are decoded by images.read_image (every Pillow mode, EXIF orientation, first frame, alpha on
+    white, 16-bit scaled to 8 bits for the whole dataset) and resized to data.input_size (bilinear, as the
+    bundle's run.py does), so images of any size stack. A file that cannot be read for any reason is
+    skipped with one warning line (data.bad_images=skip) or stops the run naming it (data.bad_images=error).
 
 cifar (`data.path` is the extracted folder, its parent, or the downloaded .tar.gz)
     CIFAR-10: data_batch_1..5 + test_batch (+ batches.meta for the label names);
@@ -25,8 +27,10 @@ npz (`data.path` is a .npz file, read with allow_pickle=False)
     `x_val`, `y_val` (fixed splits); optional `class_names` (strings) and `layout` ("nhwc"|"nchw").
     Images: (N, H, W) grey, or (N, H, W, C) / (N, C, H, W) with C = 1 or 3 in RGB order; the layout is
     detected from where the size-1/3 axis is (NHWC when ambiguous; a `layout` array overrides).
-    dtype uint8 (0..255), another integer type holding 0..255, or float in [0, 1] (scaled by 255).
-    Labels: integers 0..K-1, one per image.
+    dtype uint8, bool, float in [0, 1] or [0, 255], or wider integers (16-bit...) scaled to 8 bits with one
+    map for all splits (images.to_uint8); negative values (normalized data) are refused.
+    Labels: integers 0..K-1 without gaps, one per image: 1-based labels, sentinels (255, -1), fractions
+    and gaps are refused with the fix, never read as extra classes.
 """
 from __future__ import annotations
 
