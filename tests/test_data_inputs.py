@@ -88,6 +88,13 @@ def test_path_holding_several_datasets_names_the_path_to_use(tmp_path):
     assert "one level too high" in e.value.message and f"data.path={tmp_path / 'ds1'}" in e.value.hint
 
 
+def test_class_then_split_layout_is_explained(tmp_path):
+    for c in ("cat", "dog"):
+        folder(tmp_path / c, classes=("train", "test"), per_class=3)  # cat/train/*.png, cat/test/*.png
+    with pytest.raises(DataError, match=r"laid out <class>/<split>/ \(cat/test/...\)"):
+        load_raw(cfg(tmp_path))
+
+
 def test_single_class_is_refused(tmp_path):
     folder(tmp_path, classes=("cat",), per_class=5)
     with pytest.raises(DataError, match=r"has 1 class \('cat'\): a classifier needs at least 2"):

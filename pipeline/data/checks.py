@@ -59,10 +59,11 @@ def check_dataset(labels: np.ndarray, class_names: list[str], splits: dict | Non
         raise DataError(f"{where}: {len(empty)} of {k} classes have no images: {_names(class_names, empty)}",
                         hint="add images for them, or remove those class folders / names")
     by_ratio = not splits
-    carved = ["test", "val"] if by_ratio else [s for s in ("test", "val") if s not in splits]
+    fixed = splits or {}
+    carved = ["test", "val"] if by_ratio else [s for s in ("test", "val") if s not in fixed]
     # datasets.split_indices takes val as a fraction of the whole: val / (1 - test) of what test leaves.
     chain = [cfg.split.test, cfg.split.val / (1 - cfg.split.test)]
-    train = labels if by_ratio else labels[splits["train"]]
+    train = labels if by_ratio else labels[fixed["train"]]
     train_counts = _counts(train, k)
     per_class = 1 + len(carved)
     short = np.flatnonzero(train_counts < per_class)

@@ -100,7 +100,7 @@ def _decode(path: Path, channels: int, size: int | None) -> np.ndarray:
                     raise UnreadableImage(path, f"negative pixel values (mode {img.mode})")
                 f = Image.fromarray(a)  # mode F: Pillow resizes floats without clipping
                 if size and f.size != (size, size):
-                    f = f.resize((size, size), Image.BILINEAR)
+                    f = f.resize((size, size), Image.Resampling.BILINEAR)
                 return np.asarray(f, dtype=np.float32)[..., None]
             if _has_alpha(img):
                 img = _on_white(img)
@@ -108,7 +108,7 @@ def _decode(path: Path, channels: int, size: int | None) -> np.ndarray:
                 img = img.convert("RGB")  # P, CMYK, YCbCr, LAB, HSV...: Pillow knows their RGB
             img = img.convert("L" if channels == 1 else "RGB")
             if size and img.size != (size, size):
-                img = img.resize((size, size), Image.BILINEAR)
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr
 

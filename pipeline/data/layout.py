@@ -106,7 +106,7 @@ def _is_cifar_dir(p: Path) -> bool:
     def has(q: Path, *names: str) -> bool:
         return all((q / n).is_file() for n in names)
 
-    return (has(p, "data_batch_1", "test_batch") or has(p, "train", "test", "meta")
+    return (has(p, "data_batch_1", "test_batch") or has(p, "train", "test")
             or any((p / d).is_dir() and _is_cifar_dir(p / d) for d in ("cifar-10-batches-py", "cifar-100-python")))
 
 
@@ -211,6 +211,14 @@ def find_layout(root: Path) -> Layout:
     splits = [d for d in top if split_of(d.name)]
     others = [d for d in top if not split_of(d.name)]
     nested = _nested_datasets(root, others)
+    transposed = [d for d in nested if not any(_holds_dirs(s) for s in visible_dirs(d) if split_of(s.name))]
+    if nested and len(transposed) == len(nested):
+        d = transposed[0]
+        subs = [s.name for s in visible_dirs(d) if split_of(s.name)]
+        raise DataError(f"image folder {root} is laid out <class>/<split>/ ({d.name}/{subs[0]}/...): the split "
+                        "folders must hold the class folders",
+                        hint=f"move the files to {subs[0]}/{d.name}/... (one folder per split, each holding "
+                             "one folder per class)")
     if nested:
         raise DataError(f"data.path {root} is one level too high: it holds "
                         + ", ".join(f"{d.name}/ ({', '.join(s.name for s in visible_dirs(d) if split_of(s.name))})"
@@ -244,7 +252,7 @@ def find_layout(root: Path) -> Layout:
                         hint="put every class folder inside train/ (and val/, test/), or drop the split folders")
     parts: dict[str, Path] = {}
     for d in splits:
-        name = split_of(d.name)
+        name = split_of(d.name) or ""  # never empty here: `splits` holds split-named folders only
         folder = _unwrap(d, notes, f"the {name} folder", name)
         if not _holds_dirs(folder):
             n = len(loose_images(folder))

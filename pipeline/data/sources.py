@@ -99,12 +99,11 @@ def _read_all(files: list[Path], cfg, root: Path, bad: list[tuple[Path, str]]) -
 
 def _to_8bit(arrays: list[np.ndarray | None], channels: int, root: Path) -> tuple[list[np.ndarray | None], str | None]:
     """Scale the high bit-depth images of the dataset with one map (images.to_uint8) and stack-ready."""
-    high = [i for i, a in enumerate(arrays) if a is not None and a.dtype != np.uint8]
+    high = [(i, a) for i, a in enumerate(arrays) if a is not None and a.dtype != np.uint8]
     if not high:
         return arrays, None
-    scaled, note = to_uint8(np.stack([arrays[i] for i in high]), f"{len(high)} images in {root}")
-    for j, i in enumerate(high):
-        a = scaled[j]
+    scaled, note = to_uint8(np.stack([a for _, a in high]), f"{len(high)} images in {root}")
+    for (i, _), a in zip(high, scaled):
         arrays[i] = np.repeat(a, 3, axis=-1) if channels == 3 else a
     return arrays, note
 
@@ -189,7 +188,7 @@ def load_imagefolder(cfg) -> RawData:
     notes.insert(0, f"data: imagefolder {layout.root} ({len(class_names)} classes, {counts}"
                     f"{', fixed splits' if splits else ', split by ratio'}; resized to "
                     f"{cfg.input_size}x{cfg.input_size} {mode} at load time)")
-    return RawData(np.stack([arrays[i] for i in keep]), y, class_names, splits, notes)
+    return RawData(np.stack([a for a in arrays if a is not None]), y, class_names, splits, notes)
 
 
 # --------------------------------------------------------------------------- CIFAR pickles
