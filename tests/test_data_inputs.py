@@ -88,6 +88,24 @@ def test_path_holding_several_datasets_names_the_path_to_use(tmp_path):
     assert "one level too high" in e.value.message and f"data.path={tmp_path / 'ds1'}" in e.value.hint
 
 
+def test_a_dataset_copy_beside_the_split_folders_is_explained(tmp_path):
+    for root in (tmp_path, tmp_path / "chest_xray"):  # as the Kaggle chest X-ray archive unpacks
+        for s in ("train", "test"):
+            folder(root, per_class=3, split=s)
+    with pytest.raises(DataError, match="and also chest_xray/ with split folders of its own") as e:
+        load_raw(cfg(tmp_path))
+    assert f"data.path={tmp_path / 'chest_xray'}" in e.value.hint
+
+
+def test_npz_arrays_named_as_people_name_them(tmp_path):
+    x = np.zeros((30, 4, 4), np.uint8)
+    y = np.arange(30) % 3
+    np.savez(tmp_path / "a.npz", X_train=x[:20], Y_train=y[:20], X_test=x[20:], Y_test=y[20:])
+    assert {k: len(v) for k, v in load_raw(cfg(tmp_path / "a.npz")).splits.items()} == {"train": 20, "test": 10}
+    np.savez(tmp_path / "b.npz", images=x, labels=y, label_names=np.array(["r", "g", "b"]))
+    assert load_raw(cfg(tmp_path / "b.npz")).class_names == ["r", "g", "b"]
+
+
 def test_class_then_split_layout_is_explained(tmp_path):
     for c in ("cat", "dog"):
         folder(tmp_path / c, classes=("train", "test"), per_class=3)  # cat/train/*.png, cat/test/*.png

@@ -219,6 +219,10 @@ def find_layout(root: Path) -> Layout:
                         "folders must hold the class folders",
                         hint=f"move the files to {subs[0]}/{d.name}/... (one folder per split, each holding "
                              "one folder per class)")
+    if nested and any(_holds_dirs(d) for d in splits):  # Kaggle zips: chest_xray/{train,test,chest_xray/...}
+        raise DataError(f"image folder {root} holds split folders ({', '.join(d.name for d in splits)}) and also "
+                        f"{nested[0].name}/ with split folders of its own: two copies of a dataset?",
+                        hint=f"set data.path={nested[0]}, or move {nested[0]} away to use {root}")
     if nested:
         raise DataError(f"data.path {root} is one level too high: it holds "
                         + ", ".join(f"{d.name}/ ({', '.join(s.name for s in visible_dirs(d) if split_of(s.name))})"

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import sys
 import tarfile
 from pathlib import Path
@@ -46,7 +47,7 @@ import numpy as np
 from pipeline.data.checks import check_dataset
 from pipeline.data.datasets import RawData
 from pipeline.data.images import UnreadableImage, read_image, to_uint8
-from pipeline.data.layout import walk_files, find_layout, loose_images, resolve_source, visible_dirs
+from pipeline.data.layout import find_layout, loose_images, resolve_source, split_of, visible_dirs, walk_files
 from pipeline.errors import ConfigError, DataError
 
 SHOW_BAD = 3  # how many bad files the skip warning names
@@ -453,6 +454,30 @@ def _npz_num_classes(labels: np.ndarray, class_names: list[str] | None, where: s
                          "class_names with one name per index")
 
 
+NPZ_X = {"x", "images", "image", "imgs", "img", "data", "features", "inputs"}
+NPZ_Y = {"y", "labels", "label", "targets", "target"}
+NPZ_NAMES = {"class_names", "classnames", "label_names", "labelnames"}
+
+
+def _npz_key_names(files: list[str]) -> dict[str, str]:
+    """Canonical name (x, y, x_train, y_test, class_names...) -> the array's name in the file, so the ways
+    people name them (X_train, train_images, test_labels, images/labels) are read; exact names win."""
+    canon: dict[str, str] = {k: k for k in files}
+    for k in files:
+        low = k.lower()
+        if low in NPZ_NAMES or low.replace("_", "") in NPZ_NAMES:
+            canon.setdefault("class_names", k)
+            continue
+        tokens = [t for t in re.split(r"[^a-z0-9]+", low) if t]
+        role = {t: r for r, words in (("x", NPZ_X), ("y", NPZ_Y)) for t in tokens if t in words}
+        splits = {split_of(t) for t in tokens} - {None}
+        if len(set(role.values())) != 1 or len(splits) > 1 or len(tokens) > len(role) + len(splits):
+            continue
+        r = next(iter(role.values()))
+        canon.setdefault(f"{r}_{splits.pop()}" if splits else r, k)
+    return canon
+
+
 def load_npz(cfg) -> RawData:
     path = Path(cfg.path).expanduser()
     if not path.is_file():
@@ -468,11 +493,12 @@ def load_npz(cfg) -> RawData:
                         hint="write it with numpy.savez(path, x=images, y=labels)")
     where = str(path)
     with f:
-        keys = set(f.files)
+        canon = _npz_key_names(f.files)
+        keys = set(canon)
 
         def get(k: str) -> np.ndarray:
             try:
-                return f[k]
+                return f[canon[k]]
             except ValueError as e:  # object arrays need pickle: refused
                 raise DataError(f"{where}: array {k!r} cannot be loaded without pickle ({e})",
                                 hint="store plain numeric arrays (and class_names as a string array)") from None
@@ -491,7 +517,7 @@ def load_npz(cfg) -> RawData:
         elif {"x", "y"} <= keys:
             parts = {"all": (_npz_images(get("x"), "x", where, layout), get("y"))}
         else:
-            raise DataError(f"{where} has arrays {sorted(keys)}; expected x and y, or x_train, y_train "
+            raise DataError(f"{where} has arrays {sorted(f.files)}; expected x and y, or x_train, y_train "
                             "(+ x_val, y_val, x_test, y_test)",
                             hint="numpy.savez(path, x=images, y=labels), optionally class_names=[...]")
         parts = {s: (x, _npz_labels(y, f"y_{s}" if s != "all" else "y", len(x), where)) for s, (x, y) in parts.items()}
