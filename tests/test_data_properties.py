@@ -204,7 +204,9 @@ def npz_examples(draw):
                                    "fractional", "gap", "length"]))
     fixed = draw(st.booleans())
     seed = draw(st.integers(0, 2 ** 16))
-    return dict(k=k, n=n, h=h, w=w, layout=layout, dtype=dtype, hi=hi, labels=labels, fixed=fixed, seed=seed)
+    keys = draw(st.sampled_from(["plain", "keras", "words"]))  # x_train / X_train / train_images
+    return dict(k=k, n=n, h=h, w=w, layout=layout, dtype=dtype, hi=hi, labels=labels, fixed=fixed, seed=seed,
+                keys=keys)
 
 
 def build_npz(ex: dict) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -250,6 +252,15 @@ def build_npz(ex: dict) -> tuple[dict, np.ndarray, np.ndarray]:
     return arrays, source, y
 
 
+def rename(arrays: dict, style: str) -> dict:
+    if style == "keras":
+        return {k.replace("x", "X", 1).replace("y", "Y", 1): v for k, v in arrays.items()}
+    if style == "words":
+        word = {"x": "images", "y": "labels"}
+        return {("_".join([k.split("_")[1], word[k[0]]]) if "_" in k else word[k]): v for k, v in arrays.items()}
+    return arrays
+
+
 @settings(max_examples=250, **SETTINGS)
 @given(ex=npz_examples())
 def test_npz_loads_right_or_refuses(ex):
@@ -257,7 +268,7 @@ def test_npz_loads_right_or_refuses(ex):
     bad_labels = ex["labels"] not in ("ok", "float_int") and ex["n"] > 0
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "d.npz"
-        np.savez(p, **arrays)
+        np.savez(p, **rename(arrays, ex["keys"]))
         cfg = DataConfig(path=str(p), input_size=8)
         present = len(set(np.asarray(y[:ex["n"]]).tolist()))
         must_fail = bad_labels or present < 2 or ex["n"] == 0
@@ -267,7 +278,7 @@ def test_npz_loads_right_or_refuses(ex):
             raw = load_raw(cfg)
             load_splits(cfg, seed=0)
         except DataError as e:
-            event("refused")
+            event("refused: " + ex["labels"] if must_fail else "refused: " + e.message.split(": ")[1][:30])
             assert e.message and e.hint
             plenty = not must_fail and ex["n"] >= 7 * ex["k"] and not ex["fixed"]
             assert not plenty, f"refused a loadable dataset: {e}"
