@@ -368,3 +368,20 @@ def test_cli_infers_the_source_and_stops_on_a_single_class(tmp_path):
     r = run_cli("run", "--out", str(tmp_path / "run"), "--set", f"data.path={tmp_path / 'one'}", timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "using data.source=imagefolder" in r.stderr and "a classifier needs at least 2" in r.stderr
+
+
+def test_bundle_runtime_reads_exif_and_alpha_as_training_does(tmp_path):
+    """The bundle's preprocessing (targets/standalone/runtime.py) must match training for these files."""
+    from pipeline.data.datasets import preprocess, preprocessing_spec
+    from targets.standalone.runtime import preprocess_image
+
+    img = Image.new("RGB", (8, 4), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 4, 4))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "r.png", exif=exif)
+    Image.new("RGBA", (6, 6), (200, 10, 10, 100)).save(tmp_path / "t.png")
+    c = DataConfig(channels=3, input_size=6, mean=[0.5], std=[0.5])
+    for name in ("r.png", "t.png"):
+        trained = preprocess(read_image(tmp_path / name, 3, 6)[None], c)
+        np.testing.assert_allclose(preprocess_image(tmp_path / name, preprocessing_spec(c)), trained, atol=1e-5)

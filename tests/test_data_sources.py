@@ -335,8 +335,8 @@ def test_npz_bad_inputs(tmp_path, case, expected):
     p = tmp_path / "d.npz"
     if case == "float_normalized":  # mean/std already applied: not raw pixels
         np.savez(p, x=(x.astype(np.float32) - 128) / 64, y=y)
-    elif case == "keys":
-        np.savez(p, images=x, labels=y)
+    elif case == "keys":  # positional savez: arr_0, arr_1 say nothing about which is which
+        np.savez(p, x, y)
     elif case == "labels_len":
         np.savez(p, x=x, y=y[:10])
     elif case == "onehot":
