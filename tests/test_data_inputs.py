@@ -160,6 +160,11 @@ def test_source_inferred_from_the_path_and_said(tmp_path, capsys):
     assert load_raw(DataConfig()).class_names == [str(i) for i in range(10)]  # no path: built-in digits
     with pytest.raises(ConfigError, match="does not read it"):
         load_raw(cfg(tmp_path / "imgs", source="builtin:digits"))
+    (tmp_path / "npzdir").mkdir()
+    np.savez(tmp_path / "npzdir" / "mnist.npz", x=x, y=np.arange(20) % 2)
+    with pytest.raises(DataError, match="holding mnist.npz") as e:
+        load_raw(cfg(tmp_path / "npzdir"))
+    assert f"data.path={tmp_path / 'npzdir' / 'mnist.npz'}" in e.value.hint
     (tmp_path / "data.zip").write_bytes(b"PK")
     with pytest.raises(DataError, match="is an archive"):
         load_raw(cfg(tmp_path / "data.zip"))

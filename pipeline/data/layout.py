@@ -127,6 +127,11 @@ def infer_source(path: Path) -> tuple[str, str]:
     if path.is_dir():
         if _is_cifar_dir(path):
             return "cifar", "a folder of CIFAR batches"
+        npz = [f for f in path.iterdir() if f.name.lower().endswith(".npz") and not ignored(f.name)]
+        if npz and not visible_dirs(path):
+            raise DataError(f"data.path {path} is a folder holding {', '.join(f.name for f in npz[:3])}, "
+                            "not image class folders",
+                            hint=f"set data.path={npz[0]}")
         return "imagefolder", "a folder"
     name = path.name.lower()
     if name.endswith(".npz"):
