@@ -390,3 +390,12 @@ def test_bundle_runtime_reads_exif_and_alpha_as_training_does(tmp_path):
     for name in ("r.png", "t.png"):
         trained = preprocess(read_image(tmp_path / name, 3, 6)[None], c)
         np.testing.assert_allclose(preprocess_image(tmp_path / name, preprocessing_spec(c)), trained, atol=1e-5)
+
+
+def test_report_out_that_is_a_file(tmp_path, capsys):
+    from pipeline.cli import main
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["report", str(tmp_path), "--out", str(f / "rep")]) == 2
+    assert "lies inside" in capsys.readouterr().err and f.read_text() == "x"
