@@ -84,7 +84,7 @@ def _warn(text: str) -> None:
 # --------------------------------------------------------------------------- image folders
 
 
-def _read_all(files: list[Path], cfg, root: Path, bad: list[tuple[Path, str]]) -> list[np.ndarray | None]:
+def _read_all(files: list[Path], cfg, bad: list[tuple[Path, str]]) -> list[np.ndarray | None]:
     """Decode each file (None where unreadable and skipped); high bit-depth images come back as float."""
     out: list[np.ndarray | None] = []
     for f in files:
@@ -154,7 +154,7 @@ def load_imagefolder(cfg) -> RawData:
                 labels.append(label)
                 split_of.append(split)
     bad: list[tuple[Path, str]] = []
-    arrays, scaled_note = _to_8bit(_read_all(files, cfg, root, bad), cfg.channels, layout.root)
+    arrays, scaled_note = _to_8bit(_read_all(files, cfg, bad), cfg.channels, layout.root)
     keep = [i for i, a in enumerate(arrays) if a is not None]
     notes = list(layout.notes) + [f"warning: {w}" for w in layout.warnings]
     if scaled_note:
