@@ -23,6 +23,9 @@ def cmd_run(args) -> int:
         print(recipe_to_yaml(recipe), end="")
         return 0
     out = Path(args.out) if args.out else Path("runs") / recipe.name
+    from pipeline.out_path import check_out_dir
+
+    check_out_dir(out, "--out" if args.out else "the run folder")
     console = _console()
     console.print(f"[bold]run[/bold] {recipe.name} -> {out}  targets: {', '.join(recipe.targets)}")
     result = run_pipeline(recipe, out, args.profiles or [], console=console)

@@ -26,6 +26,10 @@ def _add_report(sub) -> None:
     def cmd_report(args) -> int:
         from pipeline.report import write_report
 
+        if args.out:
+            from pipeline.out_path import check_out_dir
+
+            check_out_dir(args.out)
         r = write_report(args.run_dir, args.out)
         print(f"wrote {r.markdown}\nwrote {r.html}" + "".join(f"\nwrote {p}" for p in r.pngs))
         return 0

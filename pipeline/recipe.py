@@ -28,7 +28,8 @@ class SplitConfig(Section):
 
 
 class DataConfig(Section):
-    source: str = Field("builtin:digits", description="builtin:digits | builtin:mnist | imagefolder | cifar | npz")
+    source: str = Field("auto", description="auto (what data.path holds; builtin:digits without a path) | "
+                        "builtin:digits | builtin:mnist | imagefolder | cifar | npz")
     path: Optional[str] = Field(None, description="folder or file for imagefolder/cifar/npz sources")
     input_size: int = Field(32, ge=4, le=1024, description="square input side in pixels")
     channels: Literal[1, 3] = 1

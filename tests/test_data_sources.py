@@ -97,7 +97,7 @@ def test_imagefolder_preprocessing_matches_the_bundle_runtime(tmp_path):
     """What the model trains on equals what the bundle's run.py makes of the same image file on a device."""
     from targets.standalone.runtime import preprocess_image
 
-    root = write_folder(tmp_path / "ds", splits=False, per_class=4, rgb=True)
+    root = write_folder(tmp_path / "ds", splits=False, per_class=5, rgb=True)  # 15: the fewest 3 classes split into
     c = cfg("imagefolder", root, channels=3, channel_order="bgr", mean=[0.4, 0.5, 0.6], std=[0.2, 0.3, 0.4],
             input_size=14)
     raw = load_user_source(c)
@@ -199,7 +199,8 @@ def test_unknown_source_is_a_config_error():
 
 def _cifar_batch(n: int, n_classes: int, seed: int, labels_key: str = "labels") -> dict:
     rng = np.random.default_rng(seed)
-    return {b"batch_label": b"batch", labels_key.encode(): [int(v) for v in rng.integers(0, n_classes, n)],
+    # every class appears (a class without training images is refused, as in a real CIFAR it never is)
+    return {b"batch_label": b"batch", labels_key.encode(): [int(v) for v in rng.permutation(np.arange(n) % n_classes)],
             b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
             b"filenames": [f"img{i}.png".encode() for i in range(n)]}
 
@@ -237,7 +238,7 @@ def test_cifar10_batches(tmp_path):
 def test_cifar100_and_tarball(tmp_path):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
-    _dump(_cifar_batch(30, 100, 1, "fine_labels"), folder / "train")
+    _dump(_cifar_batch(200, 100, 1, "fine_labels"), folder / "train")
     _dump(_cifar_batch(10, 100, 2, "fine_labels"), folder / "test")
     _dump({b"fine_label_names": [f"c{i}".encode() for i in range(100)], b"coarse_label_names": []}, folder / "meta")
     tgz = tmp_path / "cifar-100-python.tar.gz"
@@ -245,7 +246,7 @@ def test_cifar100_and_tarball(tmp_path):
         t.add(folder, arcname="cifar-100-python")
     for path in (folder, tgz):
         raw = load_user_source(cfg("cifar", path))
-        assert raw.images.shape == (40, 32, 32, 3) and raw.class_names[5] == "c5"
+        assert raw.images.shape == (210, 32, 32, 3) and raw.class_names[5] == "c5"
         assert "CIFAR-100" in raw.notes[0]
 
 
@@ -319,7 +320,7 @@ def test_npz_grey_and_layout_override(tmp_path):
 
 
 @pytest.mark.parametrize("case,expected", [
-    ("float255", "must be in [0, 1]"),
+    ("float_normalized", "negative values"),
     ("keys", "expected x and y"),
     ("labels_len", "for 24 images"),
     ("onehot", "expected (24,) integer labels"),
@@ -332,10 +333,10 @@ def test_npz_grey_and_layout_override(tmp_path):
 def test_npz_bad_inputs(tmp_path, case, expected):
     x, y = _imgs()
     p = tmp_path / "d.npz"
-    if case == "float255":
-        np.savez(p, x=x.astype(np.float32), y=y)
-    elif case == "keys":
-        np.savez(p, images=x, labels=y)
+    if case == "float_normalized":  # mean/std already applied: not raw pixels
+        np.savez(p, x=(x.astype(np.float32) - 128) / 64, y=y)
+    elif case == "keys":  # positional savez: arr_0, arr_1 say nothing about which is which
+        np.savez(p, x, y)
     elif case == "labels_len":
         np.savez(p, x=x, y=y[:10])
     elif case == "onehot":

@@ -12,7 +12,7 @@ from pipeline.recipe import Recipe, apply_set, load_recipe
 def test_default_recipe_needs_no_file():
     r = load_recipe()
     assert r.name == "default" and r.targets == ["jetson"]
-    assert r.distill.epochs > 0 and r.data.source == "builtin:digits"
+    assert r.distill.epochs > 0 and r.data.source == "auto" and r.data.path is None  # auto: digits
 
 
 def test_set_overrides_typed_values():

@@ -32,14 +32,17 @@ def _mnist() -> RawData:
 
 
 def load_raw(cfg) -> RawData:
+    from pipeline.data import sources
+
+    cfg, said = sources.resolve(cfg)  # data.source=auto: the source data.path holds, said in one line
     src = cfg.source
     if src == "builtin:digits":
         return _digits()
     if src == "builtin:mnist":
         return _mnist()
-    from pipeline.data import sources
-
-    return sources.load_user_source(cfg)
+    raw = sources.load_user_source(cfg)
+    raw.notes[:0] = said
+    return raw
 
 
 def preprocess(images: np.ndarray, cfg) -> np.ndarray:
@@ -149,6 +152,6 @@ def check_finite(x: np.ndarray, what: str) -> None:
 
 
 def validate_source(cfg) -> None:
-    if not (cfg.source.startswith("builtin:") or cfg.source in ("imagefolder", "cifar", "npz")):
+    if not (cfg.source.startswith("builtin:") or cfg.source in ("auto", "imagefolder", "cifar", "npz")):
         raise ConfigError(f"data.source = {cfg.source!r} is not known",
-                          hint="use builtin:digits, builtin:mnist, imagefolder, cifar or npz")
+                          hint="use auto, builtin:digits, builtin:mnist, imagefolder, cifar or npz")

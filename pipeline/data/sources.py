@@ -4,15 +4,17 @@ Every loader returns `RawData`: uint8 images NHWC (C = 1 or 3, RGB order), int64
 and - where the data fixes them - split indices. `datasets.load_splits` then normalizes (mean/std,
 channel order from the recipe) and carves any split the source does not fix from `train`.
 
-imagefolder (`data.path` is a folder)
+imagefolder (`data.path` is a folder; data.source=auto infers it, see layout.py)
     path/<class>/*            one sub-folder per class, split by the recipe's ratios (data.split)
-    path/train/<class>/*      fixed splits; `val/` (or `valid/`, `validation/`) and `test/` are optional,
-    path/val/<class>/*        a missing one is carved from train. Every split must hold the same class
-    path/test/<class>/*       folders (an empty class folder is fine).
-    Images are read with Pillow, converted to L (data.channels=1) or RGB (3) and resized to
-    data.input_size (bilinear, as the bundle's run.py does), so images of any size stack. Hidden files
-    (.DS_Store...) are ignored. A file Pillow cannot read is skipped with one warning line
-    (data.bad_images=skip) or stops the run naming it (data.bad_images=error).
+    path/train/<class>/*      fixed splits, named as found (Training/, train_set/, valid/, eval/, Testing/...,
+    path/val/<class>/*        any case: layout.split_of); val and test are optional, a missing one is carved
+    path/test/<class>/*       from train. Every split must hold the same class folders (an empty one is fine).
+    A data.path one level too high (one wrapper folder) is followed with a line saying so; __MACOSX, hidden
+    and system folders are never classes; at least 2 classes, each with images (checks.py).
+    Images are decoded by images.read_image (every Pillow mode, EXIF orientation, first frame, alpha on
+    white, 16-bit scaled to 8 bits for the whole dataset) and resized to data.input_size (bilinear, as the
+    bundle's run.py does), so images of any size stack. A file that cannot be read for any reason is
+    skipped with one warning line (data.bad_images=skip) or stops the run naming it (data.bad_images=error).
 
 cifar (`data.path` is the extracted folder, its parent, or the downloaded .tar.gz)
     CIFAR-10: data_batch_1..5 + test_batch (+ batches.meta for the label names);
@@ -25,27 +27,38 @@ npz (`data.path` is a .npz file, read with allow_pickle=False)
     `x_val`, `y_val` (fixed splits); optional `class_names` (strings) and `layout` ("nhwc"|"nchw").
     Images: (N, H, W) grey, or (N, H, W, C) / (N, C, H, W) with C = 1 or 3 in RGB order; the layout is
     detected from where the size-1/3 axis is (NHWC when ambiguous; a `layout` array overrides).
-    dtype uint8 (0..255), another integer type holding 0..255, or float in [0, 1] (scaled by 255).
-    Labels: integers 0..K-1, one per image.
+    dtype uint8, bool, float in [0, 1] or [0, 255], or wider integers (16-bit...) scaled to 8 bits with one
+    map for all splits (images.to_uint8); negative values (normalized data) are refused.
+    Labels: integers 0..K-1 without gaps, one per image: 1-based labels, sentinels (255, -1), fractions
+    and gaps are refused with the fix, never read as extra classes.
 """
 from __future__ import annotations
 
 import io
 import pickle
+import re
 import sys
 import tarfile
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from pipeline.data.checks import check_dataset
 from pipeline.data.types import RawData
+from pipeline.data.images import UnreadableImage, read_image, to_uint8
+from pipeline.data.layout import find_layout, loose_images, resolve_source, split_of, visible_dirs, walk_files
 from pipeline.errors import ConfigError, DataError
 
-SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-IGNORED_FILES = {"thumbs.db", "desktop.ini"}
 SHOW_BAD = 3  # how many bad files the skip warning names
+
+
+def resolve(cfg):
+    """data.source=auto -> the source data.path holds: (cfg with that source, [the line saying so])."""
+    src, said = resolve_source(cfg)
+    if said:
+        print(said, file=sys.stderr, flush=True)
+    return (cfg.model_copy(update={"source": src}) if src != cfg.source else cfg), ([said] if said else [])
 
 
 def load_user_source(cfg) -> RawData:
@@ -53,13 +66,15 @@ def load_user_source(cfg) -> RawData:
                                                      "npz": load_npz}
     if cfg.source not in loaders:
         raise ConfigError(f"data.source = {cfg.source!r} is not known",
-                          hint="use builtin:digits, builtin:mnist, imagefolder, cifar or npz")
+                          hint="use auto, builtin:digits, builtin:mnist, imagefolder, cifar or npz")
     if not cfg.path:
         what = {"imagefolder": "a folder of class sub-folders", "cifar": "the CIFAR batches folder",
                 "npz": "a .npz file"}[cfg.source]
         raise DataError(f"data.source={cfg.source} needs data.path ({what})",
                         hint="add --set data.path=/path/to/data (or `path:` under `data:` in the recipe)")
-    return loaders[cfg.source](cfg)
+    raw = loaders[cfg.source](cfg)
+    check_dataset(raw.labels, raw.class_names, raw.splits, cfg, f"the dataset {cfg.path}")
+    return raw
 
 
 def _warn(text: str) -> None:
@@ -69,36 +84,29 @@ def _warn(text: str) -> None:
 # --------------------------------------------------------------------------- image folders
 
 
-def _visible_dirs(p: Path) -> list[Path]:
-    return sorted((c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")), key=lambda c: c.name)
+def _read_all(files: list[Path], cfg, bad: list[tuple[Path, str]]) -> list[np.ndarray | None]:
+    """Decode each file (None where unreadable and skipped); high bit-depth images come back as float."""
+    out: list[np.ndarray | None] = []
+    for f in files:
+        try:
+            out.append(read_image(f, cfg.channels, cfg.input_size))
+        except UnreadableImage as e:
+            if cfg.bad_images == "error":
+                raise
+            bad.append((f, e.reason))
+            out.append(None)
+    return out
 
 
-def _image_files(folder: Path) -> list[Path]:
-    files = []
-    for f in sorted(folder.rglob("*")):
-        rel = f.relative_to(folder).parts
-        if any(part.startswith(".") for part in rel) or not f.is_file() or f.name.lower() in IGNORED_FILES:
-            continue
-        files.append(f)
-    return files
-
-
-def _read_image(f: Path, mode: str, size: int) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(f) as img, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Palette images with Transparency")
-        img.load()  # decode now: a truncated file fails here, not later
-        img = img.convert(mode)
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
-    return arr[..., None] if arr.ndim == 2 else arr
-
-
-def _describe_bad(f: Path, e: Exception) -> str:
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return text.replace(str(f), "").strip(" :'\"") or type(e).__name__
+def _to_8bit(arrays: list[np.ndarray | None], channels: int, root: Path) -> tuple[list[np.ndarray | None], str | None]:
+    """Scale the high bit-depth images of the dataset with one map (images.to_uint8) and stack-ready."""
+    high = [(i, a) for i, a in enumerate(arrays) if a is not None and a.dtype != np.uint8]
+    if not high:
+        return arrays, None
+    scaled, note = to_uint8(np.stack([a for _, a in high]), f"{len(high)} images in {root}")
+    for (i, _), a in zip(high, scaled):
+        arrays[i] = np.repeat(a, 3, axis=-1) if channels == 3 else a
+    return arrays, note
 
 
 def load_imagefolder(cfg) -> RawData:
@@ -110,36 +118,13 @@ def load_imagefolder(cfg) -> RawData:
     if not root.is_dir():
         raise DataError(f"data.path {root} is a file, not a folder (data.source=imagefolder)",
                         hint=f"{layout_hint}; a .npz file needs data.source=npz")
-    top = _visible_dirs(root)
-    split_dirs = [d for d in top if d.name.lower() in SPLIT_DIRS]
-    if split_dirs:
-        others = [d.name for d in top if d.name.lower() not in SPLIT_DIRS]
-        if others:
-            raise DataError(f"image folder {root} mixes split folders ({', '.join(d.name for d in split_dirs)}) "
-                            f"with other folders ({', '.join(others[:5])})",
-                            hint="put every class folder inside train/ (and val/, test/), or drop the split folders")
-        names = [SPLIT_DIRS[d.name.lower()] for d in split_dirs]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise DataError(f"image folder {root} has several folders for the {dup[0]} split "
-                            f"({', '.join(d.name for d in split_dirs if SPLIT_DIRS[d.name.lower()] == dup[0])})",
-                            hint="keep one of them")
-        if "train" not in names:
-            raise DataError(f"image folder {root} has {', '.join(d.name for d in split_dirs)}/ but no train/ folder",
-                            hint="add train/<class>/ folders (val/ and test/ are carved from train when missing)")
-        found = {SPLIT_DIRS[d.name.lower()]: d for d in split_dirs}
-        parts = {k: found[k] for k in ("train", "val", "test") if k in found}
-    else:
-        parts = {"all": root}
-
-    classes_of = {name: [c.name for c in _visible_dirs(d)] for name, d in parts.items()}
-    for name, classes in classes_of.items():
-        if not classes:
-            where = parts[name]
-            loose = len(_image_files(where))
-            raise DataError(f"image folder {where} has no class sub-folders"
-                            + (f" ({loose} files lie directly in it)" if loose else " (it is empty)"),
-                            hint=layout_hint)
+    layout = find_layout(root)
+    for line in layout.notes:
+        print(line, file=sys.stderr, flush=True)
+    for line in layout.warnings:
+        _warn(line)
+    parts = layout.parts
+    classes_of = {name: [c.name for c in visible_dirs(d)] for name, d in parts.items()}
     if len(parts) > 1:
         all_classes = sorted(set().union(*classes_of.values()))
         differ = []
@@ -149,44 +134,49 @@ def load_imagefolder(cfg) -> RawData:
                 missing = [s for s in parts if s not in have]
                 differ.append(f"'{c}' (in {', '.join(have)}; missing in {', '.join(missing)})")
         if differ:
-            raise DataError(f"class folders differ between the splits of {root}: {'; '.join(differ[:8])}"
+            raise DataError(f"class folders differ between the splits of {layout.root}: {'; '.join(differ[:8])}"
                             + (f" (+{len(differ) - 8} more)" if len(differ) > 8 else ""),
                             hint="every split folder (train/, val/, test/) must hold the same class sub-folders; "
                                  "add the missing ones (an empty folder is fine) or rename the misspelled ones")
     class_names = classes_of[next(iter(parts))]
     mode = "L" if cfg.channels == 1 else "RGB"
-    images: list[np.ndarray] = []
+    files: list[Path] = []
     labels: list[int] = []
     split_of: list[str] = []
-    bad: list[tuple[Path, str]] = []
     for split, folder in parts.items():
+        stray = loose_images(folder)
+        if stray:
+            _warn(f"{len(stray)} image(s) lie directly in {folder}, outside any class folder: left out "
+                  f"(e.g. {stray[0].name})")
         for label, cls in enumerate(class_names):
-            for f in _image_files(folder / cls):
-                try:
-                    arr = _read_image(f, mode, cfg.input_size)
-                except Exception as e:  # Pillow raises many kinds: UnidentifiedImageError, OSError, SyntaxError...
-                    if cfg.bad_images == "error":
-                        raise DataError(f"{f} is not a readable image ({_describe_bad(f, e)})",
-                                        hint="remove or replace that file, or set data.bad_images=skip "
-                                             "to skip unreadable files with a warning") from None
-                    bad.append((f, _describe_bad(f, e)))
-                    continue
-                images.append(arr)
+            for f in walk_files(folder / cls):
+                files.append(f)
                 labels.append(label)
                 split_of.append(split)
-    notes = []
+    bad: list[tuple[Path, str]] = []
+    arrays, scaled_note = _to_8bit(_read_all(files, cfg, bad), cfg.channels, layout.root)
+    keep = [i for i, a in enumerate(arrays) if a is not None]
+    notes = list(layout.notes) + [f"warning: {w}" for w in layout.warnings]
+    if scaled_note:
+        notes.append(f"data: {scaled_note}")
     if bad:
-        shown = ", ".join(f"{p.relative_to(root)} ({why})" for p, why in bad[:SHOW_BAD])
+        def rel(p: Path) -> str:
+            try:
+                return str(p.relative_to(root))
+            except ValueError:
+                return str(p)
+
+        shown = ", ".join(f"{rel(p)} ({why})" for p, why in bad[:SHOW_BAD])
         more = f" and {len(bad) - SHOW_BAD} more" if len(bad) > SHOW_BAD else ""
         msg = f"skipped {len(bad)} unreadable file(s) in {root}: {shown}{more} (data.bad_images=skip)"
         _warn(msg)
         notes.append(msg)
-    if not images:
-        raise DataError(f"image folder {root} holds no readable images"
+    if not keep:
+        raise DataError(f"image folder {layout.root} holds no readable images"
                         + (f" ({len(bad)} unreadable files skipped)" if bad else ""),
                         hint="add images (png, jpg, ...) in the class sub-folders")
-    y = np.asarray(labels, dtype=np.int64)
-    where = np.asarray(split_of)
+    y = np.asarray([labels[i] for i in keep], dtype=np.int64)
+    where = np.asarray([split_of[i] for i in keep])
     splits = None
     if "all" not in parts:
         splits = {s: np.flatnonzero(where == s) for s in parts}
@@ -196,10 +186,10 @@ def load_imagefolder(cfg) -> RawData:
                                 hint=f"add images to {parts[s]}/<class>/, or remove that folder to carve {s} "
                                      "from train")
     counts = ", ".join(f"{s} {int((where == s).sum())}" for s in parts) if splits else f"{len(y)} images"
-    notes.insert(0, f"data: imagefolder {root} ({len(class_names)} classes, {counts}"
+    notes.insert(0, f"data: imagefolder {layout.root} ({len(class_names)} classes, {counts}"
                     f"{', fixed splits' if splits else ', split by ratio'}; resized to "
                     f"{cfg.input_size}x{cfg.input_size} {mode} at load time)")
-    return RawData(np.stack(images), y, class_names, splits, notes)
+    return RawData(np.stack([a for a in arrays if a is not None]), y, class_names, splits, notes)
 
 
 # --------------------------------------------------------------------------- CIFAR pickles
@@ -360,9 +350,9 @@ def load_cifar(cfg) -> RawData:
 
 
 def _npz_images(x: np.ndarray, name: str, where: str, layout: str | None) -> np.ndarray:
-    if x.dtype.kind not in "uif" or x.dtype == np.bool_:
+    if x.dtype.kind not in "uifb":
         raise DataError(f"{where}: {name} has dtype {x.dtype}, not numbers",
-                        hint="store images as uint8 0..255 or float in [0, 1]")
+                        hint="store images as uint8 0..255, 16-bit integers or float in [0, 1]")
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
@@ -381,22 +371,19 @@ def _npz_images(x: np.ndarray, name: str, where: str, layout: str | None) -> np.
     if x.shape[-1] not in (1, 3):
         raise DataError(f"{where}: {name} has {x.shape[-1]} channels in {layout.upper()} layout; expected 1 or 3",
                         hint="drop the alpha channel or fix the `layout` array")
-    if x.dtype == np.uint8:
-        return np.ascontiguousarray(x)
-    if x.dtype.kind == "f":
-        if not np.isfinite(x).all():
-            raise DataError(f"{where}: {name} holds NaN/Inf values", hint="clean the data")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -1e-6 or hi > 1 + 1e-6:
-            raise DataError(f"{where}: {name} is float with values in [{lo:g}, {hi:g}]; float images must be in [0, 1]",
-                            hint="save raw pixels (uint8 0..255, or float / 255); the recipe's data.mean/std "
-                                 "normalize them")
-        return np.round(np.clip(x, 0, 1) * 255.0).astype(np.uint8)
-    lo, hi = int(x.min()), int(x.max())
-    if lo < 0 or hi > 255:
-        raise DataError(f"{where}: {name} is {x.dtype} with values in [{lo}, {hi}]; expected 0..255",
-                        hint="save 8-bit pixels as uint8 (or float in [0, 1])")
-    return x.astype(np.uint8)
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise DataError(f"{where}: {name} holds NaN/Inf values", hint="clean the data")
+    if x.size and x.dtype.kind in "if" and float(x.min()) < 0:
+        raise DataError(f"{where}: {name} has negative values (min {float(x.min()):g}): it looks normalized, "
+                        "not raw pixels",
+                        hint="save raw pixels (uint8 0..255, 16-bit integers, or float in [0, 1]); the recipe's "
+                             "data.mean/std normalize them")
+    return x  # scaled to uint8 for all splits at once (images.to_uint8), so they share one map
+
+
+def _fmt_values(v: np.ndarray, limit: int = 6) -> str:
+    shown = ", ".join(str(int(a)) for a in v[:limit])
+    return shown + (f" ... ({len(v)} values)" if len(v) > limit else "")
 
 
 def _npz_labels(y: np.ndarray, name: str, n: int, where: str) -> np.ndarray:
@@ -405,15 +392,90 @@ def _npz_labels(y: np.ndarray, name: str, n: int, where: str) -> np.ndarray:
         y = y[:, 0]
     if y.ndim != 1 or len(y) != n:
         raise DataError(f"{where}: {name} has shape {y.shape} for {n} images; expected ({n},) integer labels",
-                        hint="store one class index per image (not one-hot)")
-    if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+                        hint="store one class index per image (not one-hot); x and y need the same length")
+    if y.dtype == np.bool_:
+        y = y.astype(np.int64)
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)):
+            raise DataError(f"{where}: {name} holds NaN/Inf labels", hint="labels must be integers 0..K-1")
+        frac = y[y != np.round(y)]
+        if len(frac):
+            raise DataError(f"{where}: {name} holds non-integer labels (e.g. {float(frac[0]):g}); labels must be "
+                            "integers 0..K-1",
+                            hint="store class indices (np.int64), not probabilities or regression targets")
+        if len(y) and float(np.abs(y).max()) > 2 ** 53:
+            raise DataError(f"{where}: {name} holds labels beyond 2**53", hint="labels must be integers 0..K-1")
         y = y.astype(np.int64)
     if y.dtype.kind not in "iu":
         raise DataError(f"{where}: {name} has dtype {y.dtype}; labels must be integers 0..K-1",
                         hint="map class names to indices and store class_names alongside")
+    if y.dtype == np.uint64 and len(y) and int(y.max()) > 2 ** 62:
+        raise DataError(f"{where}: {name} holds labels up to {int(y.max())}", hint="labels must be integers 0..K-1")
+    y = y.astype(np.int64)
     if len(y) and y.min() < 0:
-        raise DataError(f"{where}: {name} holds negative labels", hint="labels must be 0..K-1")
-    return y.astype(np.int64)
+        neg = np.unique(y[y < 0])
+        raise DataError(f"{where}: {name} holds negative labels ({_fmt_values(neg)}; {int((y < 0).sum())} images): "
+                        "a value like -1 usually marks unlabeled or ignored images, not a class",
+                        hint="drop those images (x[y >= 0], y[y >= 0]) or map them to a class; labels must be 0..K-1")
+    return y
+
+
+def _npz_num_classes(labels: np.ndarray, class_names: list[str] | None, where: str) -> int:
+    """K, checking the labels are exactly 0..K-1: never a surprise class from 1-based or sentinel labels."""
+    present = np.unique(labels)
+    if class_names is not None:
+        k = len(class_names)
+        over = present[present >= k]
+        if len(over):
+            raise DataError(f"{where}: class_names has {k} names but labels {_fmt_values(over)} are outside "
+                            f"0..{k - 1} ({int(np.isin(labels, over).sum())} images)",
+                            hint="labels index class_names: give one name per class index, or fix the labels")
+        return k
+    if not len(present):
+        return 0
+    k = int(present[-1]) + 1
+    if len(present) == k:
+        return k
+    if present[0] == 1 and len(present) == k - 1:
+        raise DataError(f"{where}: labels run 1..{k - 1} (1-based); class indices must be 0..{k - 2}",
+                        hint="store y - 1 (0-based labels)")
+    head = int(np.argmax(present != np.arange(len(present))))  # first gap: 0..head-1 are contiguous
+    outliers = present[head:]
+    if head >= 2 and len(outliers) <= 2:
+        n_out = int(np.isin(labels, outliers).sum())
+        raise DataError(f"{where}: labels are 0..{head - 1} plus {_fmt_values(outliers)} ({n_out} images): a value "
+                        "like 255 usually marks unlabeled or ignored images, not a class",
+                        hint=f"drop those images (x[y < {head}], y[y < {head}]) or map them to a class; labels "
+                             "must be 0..K-1 without gaps")
+    missing = np.setdiff1d(np.arange(min(k, 10 ** 6)), present)
+    raise DataError(f"{where}: labels go up to {k - 1} but skip {_fmt_values(missing)} (no image has them): "
+                    "they would be classes without images",
+                    hint="map the labels to 0..K-1 without gaps (np.unique(y, return_inverse=True)), or store "
+                         "class_names with one name per index")
+
+
+NPZ_X = {"x", "images", "image", "imgs", "img", "data", "features", "inputs"}
+NPZ_Y = {"y", "labels", "label", "targets", "target"}
+NPZ_NAMES = {"class_names", "classnames", "label_names", "labelnames"}
+
+
+def _npz_key_names(files: list[str]) -> dict[str, str]:
+    """Canonical name (x, y, x_train, y_test, class_names...) -> the array's name in the file, so the ways
+    people name them (X_train, train_images, test_labels, images/labels) are read; exact names win."""
+    canon: dict[str, str] = {k: k for k in files}
+    for k in files:
+        low = k.lower()
+        if low in NPZ_NAMES or low.replace("_", "") in NPZ_NAMES:
+            canon.setdefault("class_names", k)
+            continue
+        tokens = [t for t in re.split(r"[^a-z0-9]+", low) if t]
+        role = {t: r for r, words in (("x", NPZ_X), ("y", NPZ_Y)) for t in tokens if t in words}
+        splits = {split_of(t) for t in tokens} - {None}
+        if len(set(role.values())) != 1 or len(splits) > 1 or len(tokens) > len(role) + len(splits):
+            continue
+        r = next(iter(role.values()))
+        canon.setdefault(f"{r}_{splits.pop()}" if splits else r, k)
+    return canon
 
 
 def load_npz(cfg) -> RawData:
@@ -431,11 +493,12 @@ def load_npz(cfg) -> RawData:
                         hint="write it with numpy.savez(path, x=images, y=labels)")
     where = str(path)
     with f:
-        keys = set(f.files)
+        canon = _npz_key_names(f.files)
+        keys = set(canon)
 
         def get(k: str) -> np.ndarray:
             try:
-                return f[k]
+                return f[canon[k]]
             except ValueError as e:  # object arrays need pickle: refused
                 raise DataError(f"{where}: array {k!r} cannot be loaded without pickle ({e})",
                                 hint="store plain numeric arrays (and class_names as a string array)") from None
@@ -454,7 +517,7 @@ def load_npz(cfg) -> RawData:
         elif {"x", "y"} <= keys:
             parts = {"all": (_npz_images(get("x"), "x", where, layout), get("y"))}
         else:
-            raise DataError(f"{where} has arrays {sorted(keys)}; expected x and y, or x_train, y_train "
+            raise DataError(f"{where} has arrays {sorted(f.files)}; expected x and y, or x_train, y_train "
                             "(+ x_val, y_val, x_test, y_test)",
                             hint="numpy.savez(path, x=images, y=labels), optionally class_names=[...]")
         parts = {s: (x, _npz_labels(y, f"y_{s}" if s != "all" else "y", len(x), where)) for s, (x, y) in parts.items()}
@@ -462,20 +525,21 @@ def load_npz(cfg) -> RawData:
         if len(set(shapes.values())) > 1:
             raise DataError(f"{where}: the splits hold images of different shapes {shapes}",
                             hint="store every split at one size and channel count")
-        n_classes = max(int(y.max()) + 1 if len(y) else 0 for _, y in parts.values())
+        labels = np.concatenate([y for _, y in parts.values()])
+        class_names = None
         if "class_names" in keys:
             names = get("class_names")
-            if names.dtype.kind not in "USO" or names.ndim != 1:
+            if names.dtype.kind not in "US" or names.ndim != 1:
                 raise DataError(f"{where}: class_names has dtype {names.dtype} shape {names.shape}; expected strings",
                                 hint="numpy.savez(..., class_names=np.array(['cat', 'dog']))")
             class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist()]
-            if len(class_names) < n_classes:
-                raise DataError(f"{where}: class_names has {len(class_names)} names but labels go up to {n_classes - 1}",
-                                hint="give one name per class index")
-        else:
+            dup = sorted({n for n in class_names if class_names.count(n) > 1})
+            if dup:
+                raise DataError(f"{where}: class_names repeats {dup[:3]}", hint="give each class a distinct name")
+        n_classes = _npz_num_classes(labels, class_names, where)
+        if class_names is None:
             class_names = [str(i) for i in range(n_classes)]
-    images = np.concatenate([x for x, _ in parts.values()])
-    labels = np.concatenate([y for _, y in parts.values()])
+        images, scaled = to_uint8(np.concatenate([x for x, _ in parts.values()]), f"{where}: images")
     splits = None
     if "all" not in parts:
         splits, start = {}, 0
@@ -485,5 +549,5 @@ def load_npz(cfg) -> RawData:
     h, w, c = images.shape[1:]
     counts = ", ".join(f"{s} {len(x)}" for s, (x, _) in parts.items())
     notes = [f"data: npz {path} ({len(class_names)} classes, {counts}; {h}x{w}x{c} uint8 NHWC after loading"
-             f"{', fixed splits' if splits else ', split by ratio'})"]
+             f"{', fixed splits' if splits else ', split by ratio'})"] + ([f"data: {scaled}"] if scaled else [])
     return RawData(images, labels, class_names, splits, notes)

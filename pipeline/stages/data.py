@@ -14,10 +14,10 @@ def source_fingerprint(cfg) -> str | None:
     """Users' data may change on disk: fold its content hash into the key."""
     if cfg.source.startswith("builtin:") or not cfg.path:
         return None
-    from pipeline.artifacts import sha256_tree
+    from pipeline.data.layout import fingerprint  # tolerates unreadable files (data.bad_images handles them)
 
-    p = Path(cfg.path)
-    return sha256_tree(p) if p.exists() else None
+    p = Path(cfg.path).expanduser()
+    return fingerprint(p) if p.exists() else None
 
 
 def run_data(runner: Runner, recipe) -> StageResult:

@@ -745,6 +745,16 @@ def preprocess_image(path: str | os.PathLike, spec: dict) -> np.ndarray:
         str(spec.get("resize", "bilinear")).lower()
     ]
     with Image.open(path) as img:
+        # As training read it (pipeline/data/images.py): upright per EXIF, transparency composited on white.
+        from PIL import ImageOps
+
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in img.info:
+            rgba = img.convert("RGBA")
+            img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img.alpha_composite(rgba)
+        if img.mode not in ("L", "1", "RGB", "I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            img = img.convert("RGB")
         img = img.convert("L" if channels == 1 else "RGB")
         size = spec.get("size")
         if size:
