@@ -118,9 +118,12 @@ class CalibrationConfig(Section):
 
 class QuantizeConfig(Section):
     enabled: bool = True
-    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="budget vs the FP32 student on the test split")
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="budget vs the FP32 student, defended on the validation split")
     fallback: bool = Field(True, description="keep the most sensitive layers in higher precision until the budget holds")
     max_fallback_layers: int = Field(8, ge=0)
+    test_gate: Literal["stats", "hard", "off"] = Field(
+        "stats", description="test split: fail when the drop exceeds the budget and is statistically real (stats), "
+                             "on any drop over the budget (hard), or never (off); the budget is decided on validation")
 
 
 class BenchmarkConfig(Section):
