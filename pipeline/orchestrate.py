@@ -13,7 +13,7 @@ from typing import Any
 from calibration.select import build_calibration_set
 from pipeline.artifacts import atomic_write_json
 from pipeline.errors import GateError, MissingDependency, PipelineError
-from pipeline.provenance import figure, host_class, runtime_label
+from pipeline.provenance import figure, float_compute_layers, host_class, precision_label, runtime_label
 from pipeline.quant_gate import decide_target, gate_error
 from pipeline.runner import Runner, RunLock, StageContext, StageResult, environment
 from pipeline.stages.bundle import run_bundle
@@ -260,7 +260,9 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
                 if variant == "int8" and "bundle" in st:
                     bres = st["bundle"]
                     bundle = str(bres.dir / bres.metrics["bundle"])
-                arts.append(_row(f"{p.name}:{variant}", "target", p.name, b.precision if variant == "int8" else "fp32",
+                label = precision_label(b.precision, b.info.get("kept_in_float"),
+                                        float_compute_layers((entry.get("compile") or {})))
+                arts.append(_row(f"{p.name}:{variant}", "target", p.name, label if variant == "int8" else "fp32",
                                  ev[variant]["accuracy"], pruned.metrics["params"], pruned.metrics["macs"],
                                  _sum_size(b.files), sha256_file(b.model_file), latency, rss, bundle,
                                  runtime=b.numerics, numerics=ev[variant]["numerics"],

@@ -72,3 +72,12 @@ def precision_label(precision: str, kept_in_float: list[Any] | None = None,
     if precision in ("int8", "mixed") and (kept_in_float or float_compute_layers or precision == "mixed"):
         return "mixed int8/fp32"
     return precision
+
+
+def float_compute_layers(check: dict[str, Any]) -> list[Any]:
+    """Compute layers a backend's compile check found running in float (OpenVINO runtime precisions,
+    LiteRT compute ops); an empty list when the check does not say."""
+    if check.get("float_layer_names"):
+        return list(check["float_layer_names"])
+    fic = check.get("full_integer_check") or {}
+    return [c for c in fic.get("compute_ops", []) if not c.get("integer")]

@@ -259,7 +259,7 @@ def plan_bundle(root: Path, label: str, settings: Settings, *, original: Path | 
     acc = (manifest.get("metrics") or {}).get("accuracy") or {}
     acc_source = None
     if acc.get("value") is not None:
-        acc_source = (f"bundle manifest: {acc.get('source', 'measured')} with "
+        acc_source = (f"bundle manifest: {acc.get('source') or 'unknown'} with "
                       f"{acc.get('numerics', model.get('runtime'))}, {acc.get('split', 'test')} split")
     name = prof["name"]
     artifact = f"{name}:{model.get('precision', 'unspecified')}"
