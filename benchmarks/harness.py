@@ -76,7 +76,7 @@ def validation_errors(doc: Any) -> list[str]:
     schema = load_schema()
     # Validate against the branch the document names, so the messages are precise (no oneOf noise).
     kind = doc.get("kind") if isinstance(doc, dict) else None
-    target = {"case-result": "caseResult", "benchmark-report": "report"}.get(kind)
+    target = {"case-result": "caseResult", "benchmark-report": "report"}.get(str(kind))
     if target is None:
         return [f"kind: expected 'case-result' or 'benchmark-report', got {kind!r}"]
     sub = {"$ref": f"#/$defs/{target}", "$defs": schema["$defs"]}
