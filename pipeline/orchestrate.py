@@ -8,6 +8,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from calibration.select import build_calibration_set
@@ -54,7 +55,7 @@ def _importable(backend) -> tuple[bool, str]:
     return True, why
 
 
-def select_profiles(requested: list[str], profile_paths: list[str] = ()) -> tuple[list, dict[str, str]]:
+def select_profiles(requested: list[str], profile_paths: Sequence[str] = ()) -> tuple[list, dict[str, str]]:
     """Resolve names/aliases; `all` means every profile whose backend can be prepared here."""
     from targets.profiles import load_profiles, resolve_profile
 
@@ -93,7 +94,7 @@ def run_calibration(runner: Runner, recipe, data: StageResult) -> StageResult:
                         inputs={"data": data}, tools=["numpy"])
 
 
-def run_pipeline(recipe, out: Path, profile_paths: list[str] = (), console=None) -> RunResult:
+def run_pipeline(recipe, out: Path, profile_paths: Sequence[str] = (), console=None) -> RunResult:
     out = Path(out)
     profiles, skipped = select_profiles(recipe.targets, profile_paths)
     t0 = time.perf_counter()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal, Optional
 
 import yaml
@@ -214,7 +215,7 @@ def validate_recipe(data: dict, origin: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        lines = [_describe_error(err) for err in e.errors()]
+        lines = [_describe_error(dict(err)) for err in e.errors()]
         raise ConfigError(f"invalid {origin}: " + "; ".join(lines),
                           hint="fix the value(s) above in the recipe file or the --set option") from None
     except RecursionError:
@@ -222,7 +223,7 @@ def validate_recipe(data: dict, origin: str = "recipe") -> Recipe:
                           hint="fix the value(s) in the recipe file or the --set option") from None
 
 
-def load_recipe(path: str | Path | None = None, sets: list[str] = (), targets: list[str] | None = None) -> Recipe:
+def load_recipe(path: str | Path | None = None, sets: Sequence[str] = (), targets: list[str] | None = None) -> Recipe:
     data: dict = {}
     origin = "default recipe"
     if path is not None:

@@ -30,6 +30,7 @@ npz (`data.path` is a .npz file, read with allow_pickle=False)
 """
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 import sys
@@ -86,12 +87,12 @@ def _image_files(folder: Path) -> list[Path]:
 def _read_image(f: Path, mode: str, size: int) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(f) as img, warnings.catch_warnings():
+    with Image.open(f) as src, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Palette images with Transparency")
-        img.load()  # decode now: a truncated file fails here, not later
-        img = img.convert(mode)
+        src.load()  # decode now: a truncated file fails here, not later
+        img = src.convert(mode)
         if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr
 
@@ -128,16 +129,16 @@ def load_imagefolder(cfg) -> RawData:
             raise DataError(f"image folder {root} has {', '.join(d.name for d in split_dirs)}/ but no train/ folder",
                             hint="add train/<class>/ folders (val/ and test/ are carved from train when missing)")
         found = {SPLIT_DIRS[d.name.lower()]: d for d in split_dirs}
-        parts = {k: found[k] for k in ("train", "val", "test") if k in found}
+        parts: dict[str, Path] = {k: found[k] for k in ("train", "val", "test") if k in found}
     else:
         parts = {"all": root}
 
     classes_of = {name: [c.name for c in _visible_dirs(d)] for name, d in parts.items()}
     for name, classes in classes_of.items():
         if not classes:
-            where = parts[name]
-            loose = len(_image_files(where))
-            raise DataError(f"image folder {where} has no class sub-folders"
+            folder = parts[name]
+            loose = len(_image_files(folder))
+            raise DataError(f"image folder {folder} has no class sub-folders"
                             + (f" ({loose} files lie directly in it)" if loose else " (it is empty)"),
                             hint=layout_hint)
     if len(parts) > 1:
@@ -187,7 +188,7 @@ def load_imagefolder(cfg) -> RawData:
                         hint="add images (png, jpg, ...) in the class sub-folders")
     y = np.asarray(labels, dtype=np.int64)
     where = np.asarray(split_of)
-    splits = None
+    splits: dict[str, np.ndarray] | None = None
     if "all" not in parts:
         splits = {s: np.flatnonzero(where == s) for s in parts}
         for s, idx in splits.items():
@@ -253,6 +254,13 @@ def safe_unpickle(data: bytes, what: str) -> Any:
 CIFAR_DIRS = ("cifar-10-batches-py", "cifar-100-python")
 
 
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    f = tar.extractfile(member)
+    if f is None:
+        raise DataError(f"{member.name} in the archive is not a regular file", hint="repack the archive")
+    return f.read()
+
+
 class _Files:
     """Named files of a folder or of a .tar.gz (read in memory, never extracted)."""
 
@@ -274,7 +282,7 @@ class _Files:
             self._tar = tar
             for m in tar.getmembers():
                 if m.isfile():
-                    self.entries.setdefault(Path(m.name).name, lambda m=m: tar.extractfile(m).read())
+                    self.entries.setdefault(Path(m.name).name, functools.partial(_member_bytes, tar, m))
         else:
             raise DataError(f"data.path {path} is neither a folder nor a .tar.gz (data.source=cifar)",
                             hint="point data.path at the extracted cifar-10-batches-py / cifar-100-python folder")
