@@ -23,7 +23,7 @@ def test_run_json_has_the_documented_fields(fast_run):
     assert any("pass-through" in n or "disabled" in n for n in s["notes"])  # prune says it did nothing
 
 
-def test_student_is_small_and_int8_keeps_accuracy(fast_run):
+def test_student_is_small_and_the_int8_gate_is_recorded(fast_run):
     s = read_run(fast_run)
     teacher, student = artifact(s, "teacher"), artifact(s, "student")
     assert student["macs"] <= teacher["macs"] / 5

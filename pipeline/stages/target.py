@@ -156,7 +156,7 @@ def _torch_val_logits(model_stage: StageResult, splits) -> np.ndarray:
     return predict(load_model(model_stage.dir), splits.x_val)
 
 
-def _fallback(backend, export, model_stage, attempt, drop, q, tried):
+def _fallback(backend: Backend, export: StageResult, model_stage: StageResult, attempt, drop, q, tried):
     """Per-layer sensitivity (accuracy recovered by keeping that one layer in float), then keep the
     most sensitive layers in float one by one until the budget holds."""
     layers = backend.quantizable_layers(export.path("model.onnx"), load_model(model_stage.dir))
