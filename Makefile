@@ -32,7 +32,9 @@ venv-test: $(VENV)/.stamp-test
 run: venv-run
 	$(PY) -m pipeline run --target $(TARGET)
 
+# mypy (config in pyproject.toml) checks the typed backend protocol and every backend against it first.
 test: venv-test
+	$(PY) -m mypy
 	$(PY) -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 clean:

@@ -21,7 +21,9 @@ import json
 import sys
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
@@ -36,7 +38,7 @@ MAC_TOLERANCE = 0.03
 TORCH2TRT = "NVIDIA-AI-IOT/torch2trt benchmarks (docs/PUBLISHED_FIGURES.md)"
 
 #: published points that are compared; "fit" chose the efficiency, "check" did not
-REFERENCE_POINTS = [
+REFERENCE_POINTS: list[dict[str, Any]] = [
     {"model": "resnet18", "device": "jetson-agx-xavier", "precision": "fp16", "batch": 1, "published_ms": 1.64,
      "source": TORCH2TRT, "role": "check"},
     {"model": "resnet50", "device": "jetson-agx-xavier", "precision": "fp16", "batch": 1, "published_ms": 3.4,
@@ -67,7 +69,7 @@ def export_reference(name: str, out_dir: str | Path) -> tuple[Path, Cost]:
     path = Path(out_dir) / f"{name}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation warning
-        torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(path), dynamo=False, opset_version=17,
+        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     cost = model_cost(path, batch=1)
@@ -93,7 +95,7 @@ def implied_efficiency(cost: Cost, profile: Profile, precision: str, batch: int,
     return (lo + hi) / 2
 
 
-def run_check(extra_profiles: list[str | Path] = (), workdir: str | Path | None = None) -> list[dict]:
+def run_check(extra_profiles: Sequence[str | Path] = (), workdir: str | Path | None = None) -> list[dict]:
     """Estimate every reference point; one dict per row."""
     profiles = load_profiles(extra_profiles)
     rows = []

@@ -128,7 +128,8 @@ def run_dataset(a, name: str, console) -> dict[str, Any]:
     res: dict[str, Any] = {"source": DATASETS[name], "seeds": list(a.seeds), "teacher": [],
                            **{m: [] for m in METHODS}, "val": {m: [] for m in METHODS}, "per_seed": [],
                            "prune": None, "int8": {}}
-    prune_rows, int8_rows = [], {}
+    prune_rows: list[Any] = []
+    int8_rows: dict[str, Any] = {}
     try:
         import pipeline.pruning  # noqa: F401  (written separately; the prune comparison needs it)
         prune_ok, prune_why = True, ""

@@ -133,7 +133,7 @@ def _pid_alive(pid: int) -> bool:
 
 def clean_stale_temporaries(root: str | Path) -> list[Path]:
     """Remove temporaries left by a killed process (its pid is in the name and no longer alive)."""
-    removed = []
+    removed: list[Path] = []
     root = Path(root)
     if not root.exists():
         return removed

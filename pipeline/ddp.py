@@ -128,7 +128,7 @@ def launch(job_dir: Path, nproc: int, threads: int, runner=None) -> None:
         with open(log_path, "w") as log:
             for line in proc.stdout:  # type: ignore[union-attr]
                 log.write(line)
-                if line.startswith(PROGRESS) and show:
+                if line.startswith(PROGRESS) and show and console is not None:
                     p = json.loads(line[len(PROGRESS):])
                     console.print(f"[dim]  epoch {p['epoch'] + 1}/{p['epochs']}  loss {p['loss']:.4f}  "
                                   f"val {p['val_accuracy']:.4f}[/dim]")
@@ -225,7 +225,7 @@ def ddp_fit(ddp_model, student, x_train, y_train, x_val, y_val, *, epochs: int, 
     set_seed(seed)
     gen = torch.Generator().manual_seed(seed * 1000 + rank)  # augmentation differs per rank, reproducibly
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    sampler = DistributedSampler(range(len(xt)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    sampler: DistributedSampler = DistributedSampler(range(len(xt)), num_replicas=world, rank=rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
     local = max(1, math.ceil(batch_size / world))
     per_epoch = max(1, math.ceil(sampler.num_samples / local))
     extra_params = list(extra_params)
@@ -240,7 +240,7 @@ def ddp_fit(ddp_model, student, x_train, y_train, x_val, y_val, *, epochs: int, 
         c, n = _val_correct(student, x_val, y_val, rank, world)
         t = torch.tensor([c, n], dtype=torch.float64)
         dist.all_reduce(t)
-        return float(t[0] / max(t[1], 1))
+        return float(t[0]) / max(float(t[1]), 1.0)
 
     best_state = copy.deepcopy(student.state_dict())
     if epochs == 0:
@@ -267,12 +267,13 @@ def ddp_fit(ddp_model, student, x_train, y_train, x_val, y_val, *, epochs: int, 
                     dist.all_reduce(p.grad)
                     p.grad /= world
             opt.step()
-            sched.step()
+            if sched is not None:
+                sched.step()
             total += loss.item() * len(idx)
             count += len(idx)
         sums = torch.tensor([total, count], dtype=torch.float64)
         dist.all_reduce(sums)
-        mean_loss = float(sums[0] / max(sums[1], 1))
+        mean_loss = float(sums[0]) / max(float(sums[1]), 1.0)
         val_acc = val_accuracy()
         hist.epochs.append({"epoch": epoch, "loss": mean_loss, "val_accuracy": val_acc})
         if val_acc > hist.best_val_accuracy:  # identical on every rank: same sums
@@ -302,7 +303,7 @@ def worker(job: dict) -> None:
     cfg, scfg = recipe.distill, recipe.student
     dist.init_process_group("gloo", timeout=timedelta(seconds=int(job["timeout_s"])))
     try:
-        splits = read_splits(_Dir(job["data_dir"]))
+        splits = read_splits(_Dir(job["data_dir"]))  # type: ignore[arg-type]  # duck-typed: only .path() is used
         c, n = splits.input_shape[0], splits.num_classes
         torch.manual_seed(recipe.seed)  # same initial student on every rank (DDP also broadcasts rank 0's)
         student = build_model(scfg.model, scfg.kwargs, c, n)

@@ -85,7 +85,7 @@ def resolve_exclude(model: nn.Module, names: list[str]) -> list[str]:
 
 def layer_channels(model: nn.Module) -> dict[str, list[int]]:
     """{conv/linear path: [in, out]} channel counts."""
-    out = {}
+    out: dict[str, list[Any]] = {}
     for n, m in model.named_modules():
         if isinstance(m, nn.Linear):
             out[n] = [m.in_features, m.out_features]
@@ -604,15 +604,15 @@ def prune_student(ctx, recipe, data, teacher, student) -> None:
                example=torch.from_numpy(splits.x_train[:1]), check_x=torch.from_numpy(splits.x_val[:32]),
                shape=shape, rcfg=rcfg, epochs=split_epochs(rcfg.epochs, cfg.steps))
     check_forward(model, job.check_x, n)
-    before = {"params": count_params(model), "macs": count_macs(model, shape), "accuracy": _evaluate(model, splits)}
+    before: dict[str, Any] = {"params": count_params(model), "macs": count_macs(model, shape), "accuracy": _evaluate(model, splits)}
     m = ctx.metrics
     m.update(enabled=True, method=cfg.method, ratio=cfg.ratio, target_macs_ratio=cfg.target_macs_ratio,
              global_pruning=cfg.global_pruning, steps=cfg.steps, round_to=cfg.round_to)
 
     pruned, no_recovery = (_run_structured if cfg.method == "structured" else _run_unstructured)(job)
 
-    with tempfile.TemporaryDirectory(prefix="prune-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="prune-") as tmp_name:
+        tmp = Path(tmp_name)
         # The artifact must work: a real batch in PyTorch, then the ONNX export run in ONNX Runtime.
         try:
             check_forward(pruned, job.check_x, n)
@@ -621,7 +621,7 @@ def prune_student(ctx, recipe, data, teacher, student) -> None:
                                 hint="add the layers involved to prune.exclude, or disable pruning") from None
         exp = recipe.export
         parity_after = onnx_check(pruned, splits.x_test[:256], exp.opset, exp.max_abs_diff, tmp, "the pruned student")
-        after = {"params": count_params(pruned), "macs": count_macs(pruned, shape),
+        after: dict[str, Any] = {"params": count_params(pruned), "macs": count_macs(pruned, shape),
                  "accuracy": _evaluate(pruned, splits)}
         m.update(params_before=before["params"], macs_before=before["macs"], params=after["params"],
                  macs=after["macs"], params_ratio=after["params"] / max(before["params"], 1),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal, Optional
 
 import yaml
@@ -119,9 +120,12 @@ class CalibrationConfig(Section):
 
 class QuantizeConfig(Section):
     enabled: bool = True
-    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="budget vs the FP32 student on the test split")
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="budget vs the FP32 student, defended on the validation split")
     fallback: bool = Field(True, description="keep the most sensitive layers in higher precision until the budget holds")
     max_fallback_layers: int = Field(8, ge=0)
+    test_gate: Literal["stats", "hard", "off"] = Field(
+        "stats", description="test split: fail when the drop exceeds the budget and is statistically real (stats), "
+                             "on any drop over the budget (hard), or never (off); the budget is decided on validation")
 
 
 class BenchmarkConfig(Section):
@@ -212,7 +216,7 @@ def validate_recipe(data: dict, origin: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        lines = [_describe_error(err) for err in e.errors()]
+        lines = [_describe_error(dict(err)) for err in e.errors()]
         raise ConfigError(f"invalid {origin}: " + "; ".join(lines),
                           hint="fix the value(s) above in the recipe file or the --set option") from None
     except RecursionError:
@@ -220,7 +224,7 @@ def validate_recipe(data: dict, origin: str = "recipe") -> Recipe:
                           hint="fix the value(s) in the recipe file or the --set option") from None
 
 
-def load_recipe(path: str | Path | None = None, sets: list[str] = (), targets: list[str] | None = None) -> Recipe:
+def load_recipe(path: str | Path | None = None, sets: Sequence[str] = (), targets: list[str] | None = None) -> Recipe:
     data: dict = {}
     origin = "default recipe"
     if path is not None:

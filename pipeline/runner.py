@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 from pipeline.artifacts import (atomic_dir, atomic_write_json, clean_stale_temporaries, sha256_file,
@@ -47,6 +48,7 @@ def _code_hash(fn: Callable, code: tuple = ()) -> str:
     h = hashlib.sha256()
     for obj in (fn, *code):
         try:
+            path: Any
             if isinstance(obj, (str, os.PathLike)):
                 path = obj
             elif isinstance(obj, types.ModuleType):
@@ -133,7 +135,7 @@ class Runner:
             self.console.print(text.replace("{label}", escape(label)))
 
     def stage(self, name: str, fn: Callable[[StageContext], None], *, config: Any = None,
-              inputs: dict[str, StageResult] | None = None, tools: list[str] = (), label: str | None = None,
+              inputs: dict[str, StageResult] | None = None, tools: Sequence[str] = (), label: str | None = None,
               extra_key: Any = None, code: tuple = ()) -> StageResult:
         """Run `fn` into a fresh folder unless a finished folder with the same key exists.
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.stats import format_ci
+
 
 def _fmt_num(v, fmt="{:.2f}") -> str:
     return "—" if v is None else fmt.format(v)
@@ -18,6 +20,13 @@ def _human(n) -> str:
     return f"{n:.2f}T"
 
 
+def _source(value, source) -> str:
+    """A figure without a recorded source is `unknown`, never assumed measured."""
+    if source:
+        return str(source)
+    return "—" if value is None else "unknown"
+
+
 def summary_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
     teacher_acc = next((a["accuracy"] for a in summary["artifacts"] if a["role"] == "teacher"), None)
     rows = []
@@ -28,16 +37,18 @@ def summary_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
         rows.append({
             "artifact": a["name"],
             "precision": a["precision"],
-            "accuracy": _fmt_num(acc, "{:.4f}"),
+            "accuracy": format_ci(acc, a.get("accuracy_ci95")),  # with its 95% Wilson interval when recorded
+            "accuracy source": "—" if acc is None else str((a.get("accuracy_provenance") or {}).get("source")
+                                                         or "unknown"),
             "vs teacher": "—" if acc is None or teacher_acc is None else f"{acc - teacher_acc:+.4f}",
             "params": _human(a.get("params")),
             "MACs": _human(a.get("macs")),
             "size": _human(a.get("size_bytes")) + "B",
             "p50 ms": _fmt_num(lat.get("p50"), "{:.3f}"),
             "p90 ms": _fmt_num(lat.get("p90"), "{:.3f}"),
-            "latency source": lat.get("source", "—"),
+            "latency source": _source(lat.get("p50"), lat.get("source")),
             "peak MB": _fmt_num(rss.get("value"), "{:.1f}"),
-            "memory source": rss.get("source", "—"),
+            "memory source": _source(rss.get("value"), rss.get("source")),
         })
     return rows
 
@@ -49,7 +60,8 @@ def print_summary(summary: dict[str, Any], console) -> None:
     rows = summary_rows(summary)
     table = Table(title=f"run {summary['name']} ({summary['seconds']:.1f} s)")
     for col in rows[0]:
-        table.add_column(col, justify="left" if col in ("artifact", "precision", "latency source", "memory source")
+        table.add_column(col, justify="left" if col in ("artifact", "precision", "accuracy source", "latency source",
+                                                    "memory source")
                          else "right")
     for r in rows:
         table.add_row(*(e(v) for v in r.values()))

@@ -51,6 +51,11 @@ class BuiltModel:
 
 
 class Backend(ABC):
+    """The typed protocol of a backend; mypy (`make test`) checks that every backend's overrides match it.
+
+    The pipeline calls exactly these methods with these arguments (pipeline/stages/target.py and bundle.py).
+    """
+
     name: str = ""
     extra: str = ""  # pip extra that installs its runtime
     modules: tuple[str, ...] = ()  # import names that must be present
@@ -75,8 +80,10 @@ class Backend(ABC):
     def quantize(self, req: QuantizeRequest) -> BuiltModel:
         """The INT8 artifact, calibrated on req.calibration, keeping req.exclude_layers in float."""
 
-    def quantizable_layers(self, fp32_onnx: Path, torch_model: Any = None) -> list[str]:
-        """Layer names the accuracy-budget fallback may keep in float (ONNX node names by default)."""
+    def quantizable_layers(self, fp32_onnx: Path, torch_model: Optional[Any] = None) -> list[str]:
+        """Layer names the accuracy-budget fallback may keep in float, in the form `quantize` accepts in
+        `QuantizeRequest.exclude_layers` (ONNX node names by default). `torch_model` is the FP32 student,
+        for backends that convert from torch."""
         import onnx
 
         m = onnx.load(str(fp32_onnx), load_external_data=False)
@@ -90,12 +97,12 @@ class Backend(ABC):
         """Pinned runtime requirements for the bundle (runtime + numpy only)."""
         return [_pin("numpy")]
 
-    def bundle_extras(self, built: BuiltModel, profile: Any, bundle_dir: Path, manifest: dict) -> list[str]:
+    def bundle_extras(self, built: BuiltModel, profile: Any, bundle_dir: Path, manifest: dict[str, Any]) -> list[str]:
         """Copy extra files (scripts) into a bundle; returns notes for its README."""
         return []
 
 
-def write_check_report(out_dir: Path | None, model_file: Path, suffix: str, report: dict) -> dict:
+def write_check_report(out_dir: Path | None, model_file: Path, suffix: str, report: dict[str, Any]) -> dict[str, Any]:
     """Keep a backend's compile/check report next to the stage's outputs (when a folder is given)."""
     import json
 
@@ -115,7 +122,7 @@ def _pin(dist: str) -> str:
         return dist
 
 
-_BACKENDS = {
+_BACKENDS: dict[str, str] = {
     "onnxruntime": "targets.onnxruntime:OnnxRuntimeBackend",
     "tensorrt": "targets.tensorrt_target:TensorRTBackend",
     "openvino": "targets.openvino:OpenVINOBackend",
@@ -125,7 +132,9 @@ _BACKENDS = {
 
 def get_backend(name: str) -> Backend:
     mod, _, cls = _BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(mod), cls)()
+    backend = getattr(importlib.import_module(mod), cls)()
+    assert isinstance(backend, Backend)
+    return backend
 
 
 def backend_names() -> list[str]:

@@ -199,7 +199,7 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int | None, ...], i
 def _numel(shape: tuple[int | None, ...] | None) -> int | None:
     if shape is None or any(d is None for d in shape):
         return None
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return int(np.prod([int(d) for d in shape if d is not None], dtype=np.int64)) if shape else 1
 
 
 def _elem_size(elem_type: int) -> int:
@@ -344,17 +344,19 @@ def _macs(node: onnx.NodeProto, shapes: dict, warnings: list[str]) -> int:
     n_out = _numel(out)
     if op in {"Conv", "ConvInteger", "QLinearConv"}:
         w = shape(node.input[3 if op == "QLinearConv" else 1])
-        if n_out is None or w is None or _numel(w[1:]) is None:
+        per_out = _numel(w[1:]) if w is not None else None
+        if n_out is None or per_out is None:
             warnings.append(f"{node.name or op}: unknown shapes, MACs counted as 0")
             return 0
-        return n_out * _numel(w[1:])  # output elements x (Cin/groups x kernel)
+        return n_out * per_out  # output elements x (Cin/groups x kernel)
     if op == "ConvTranspose":
         x, w = shape(node.input[0]), shape(node.input[1])
         n_in = _numel(x)
-        if n_in is None or w is None or _numel(w[1:]) is None:
+        per_in = _numel(w[1:]) if w is not None else None
+        if n_in is None or per_in is None:
             warnings.append(f"{node.name or op}: unknown shapes, MACs counted as 0")
             return 0
-        return n_in * _numel(w[1:])  # input elements x (Cout/groups x kernel)
+        return n_in * per_in  # input elements x (Cout/groups x kernel)
     # Gemm / MatMul: output elements x reduction length
     a = shape(node.input[0])
     if n_out is None or not a or a[-1] is None:
@@ -364,6 +366,9 @@ def _macs(node: onnx.NodeProto, shapes: dict, warnings: list[str]) -> int:
         k = a[0] if len(a) == 2 else a[-1]
     else:
         k = a[-1]
+    if k is None:
+        warnings.append(f"{node.name or op}: unknown shapes, MACs counted as 0")
+        return 0
     return n_out * int(k)
 
 

@@ -307,6 +307,7 @@ def resolve_module_names(model: Any, names: list[str]) -> list[str]:
     modules = dict(model.named_modules())
     out = []
     for name in names:
+        hit: str | None
         if name in modules and name:
             hit = name
         else:

@@ -172,9 +172,10 @@ class OpenVINOBackend(Backend):
                 "default_inference_precision": default_inference_precision(),
             })
 
-    def quantizable_layers(self, fp32_onnx: Path) -> list[str]:
+    def quantizable_layers(self, fp32_onnx: Path, torch_model: Any | None = None) -> list[str]:
         """OpenVINO names of the Convolution / MatMul ops of the converted model: the names
-        `nncf.IgnoredScope(names=...)` accepts (e.g. '/conv1/Conv/WithoutBiases')."""
+        `nncf.IgnoredScope(names=...)` accepts (e.g. '/conv1/Conv/WithoutBiases'). The IR is
+        converted from the ONNX file, so the torch module is not needed."""
         import openvino as ov
 
         model = ov.convert_model(str(fp32_onnx))

@@ -303,6 +303,7 @@ def lint_qdq(path_or_model: Any, *, require_per_channel_weights: bool = True) ->
         if not w_is_dq:
             float_linear.append(node.name or f"#{idx}")
             continue
+        assert w_prod is not None  # w_is_dq
         if not a_is_dq:
             warnings.append(f"{label}: weight '{w_in}' is quantized but input '{a_in}' is not (no DequantizeLinear); "
                             f"TensorRT cannot run it as an INT8 layer")

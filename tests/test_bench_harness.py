@@ -252,7 +252,8 @@ def test_summarize_repeats_is_median_of_medians():
 
 def test_infer_precision():
     mk = lambda precs: {"runtime_info": {"runtime_precisions": precs}}  # noqa: E731
-    assert harness.infer_precision(mk({"Convolution": {"u8": 3}, "FullyConnected": {"f32": 1}})) == "int8"
+    assert harness.infer_precision(mk({"Convolution": {"u8": 3}, "FullyConnected": {"i8": 1}})) == "int8"
+    assert harness.infer_precision(mk({"Convolution": {"u8": 3}, "FullyConnected": {"f32": 1}})) == "mixed int8/fp32"
     assert harness.infer_precision(mk({"Convolution": {"f32": 3}})) == "fp32"
     assert harness.infer_precision(mk({"Convolution": {"bf16": 3}})) == "bf16"
     assert harness.infer_precision(mk({"Convolution": {"bf16": 3, "f32": 1}})) == "mixed"

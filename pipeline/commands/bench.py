@@ -259,7 +259,7 @@ def plan_bundle(root: Path, label: str, settings: Settings, *, original: Path | 
     acc = (manifest.get("metrics") or {}).get("accuracy") or {}
     acc_source = None
     if acc.get("value") is not None:
-        acc_source = (f"bundle manifest: {acc.get('source', 'measured')} with "
+        acc_source = (f"bundle manifest: {acc.get('source') or 'unknown'} with "
                       f"{acc.get('numerics', model.get('runtime'))}, {acc.get('split', 'test')} split")
     name = prof["name"]
     artifact = f"{name}:{model.get('precision', 'unspecified')}"
@@ -319,6 +319,8 @@ def _bench_with_script(spec: dict, bench_py: Path, repeats: int, protocol: dict,
     notes = list(spec.get("notes") or [])
     base = None
     try:
+        if runtime is None:
+            raise harness.BenchError(f"no runtime runs {model}")
         base = harness.baseline_rss_mb(runtime, threads=spec["threads"], precision_hint=spec["precision_hint"])
     except (MissingDependency, harness.BenchError, RuntimeError) as e:
         if runtime != "tensorrt":
@@ -405,7 +407,7 @@ def print_report(report: dict, console) -> None:
                       ("threads", "right"), ("p50 ms", "right"), ("p90 ms", "right"), ("p99 ms", "right"),
                       ("CV repeats", "right"), ("peak MB", "right"), ("latency/memory source", "left"),
                       ("accuracy", "right"), ("accuracy source", "left")):
-        table.add_column(col, justify=just)
+        table.add_column(col, justify=just)  # type: ignore[arg-type]  # "left"/"right" literals
     for c in report["cases"]:
         lat, rss = c["latency_ms"], c["peak_rss_mb"]
         mem = rss["value"] if rss["value"] is not None else rss["absolute_mb"]

@@ -33,7 +33,7 @@ def print_result(result, console) -> None:
     for col, just in (("case", "left"), ("runtime", "left"), ("batch", "right"), ("base p50 ms", "right"),
                       ("new p50 ms", "right"), ("change", "right"), ("limit", "right"), ("accuracy base → new", "left"),
                       ("status", "left")):
-        table.add_column(col, justify=just)
+        table.add_column(col, justify=just)  # type: ignore[arg-type]  # "left"/"right" literals
     f = lambda v, fmt="{:.4g}": "—" if v is None else fmt.format(v)  # noqa: E731
     style = {"regression": "red", "improved": "green", "ok": "", "missing": "yellow", "incomparable": "yellow"}
     for c in result.cases:

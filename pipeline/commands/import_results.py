@@ -168,7 +168,7 @@ def resolve_target(run: dict, name: str) -> str:
         prof = resolve_profile(name).name
     except Exception:  # an unknown alias: say what the run has
         prof = None
-    if prof in targets:
+    if prof is not None and prof in targets:
         return prof
     raise ConfigError(f"--target {name}: this run has no such target",
                       hint=f"use one of: {', '.join(targets) or '(none)'}")

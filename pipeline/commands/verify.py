@@ -396,15 +396,15 @@ def verify_bundle(args, report: Report, work: Path) -> None:
     missing = [n for n, v in probe["versions"].items() if v is None]
     pkgs = ", ".join(f"{n} {v}" for n, v in probe["versions"].items())
     if missing:
-        e = MissingDependency(f"the venv lacks {', '.join(missing)} after pip install", hint="run with --fresh")
-        raise _fail(report, "venv", e)
+        raise _fail(report, "venv", MissingDependency(f"the venv lacks {', '.join(missing)} after pip install",
+                                                      hint="run with --fresh"))
     report.add("venv", True, f"{'cached' if reused else 'new'} {venv} (python {probe['python']}): {pkgs} "
                              f"from requirements.txt only")
     # 5. isolation: the bundle must not lean on this project or the dev stack
     if probe["importable_forbidden"]:
-        e = GateError(f"the venv is not isolated: {', '.join(probe['importable_forbidden'])} can be imported there",
-                      hint="run with --fresh, and do not install the project into the bundle's venv")
-        raise _fail(report, "isolation", e)
+        raise _fail(report, "isolation", GateError(
+            f"the venv is not isolated: {', '.join(probe['importable_forbidden'])} can be imported there",
+            hint="run with --fresh, and do not install the project into the bundle's venv"))
     report.add("isolation", True, f"{', '.join(FORBIDDEN_MODULES)} not importable (python -I, clean environment)")
     # 6. run.py --check-samples in the copy
     run_samples(report, venv, copy, manifest, args.timeout)

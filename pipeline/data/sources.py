@@ -34,6 +34,7 @@ npz (`data.path` is a .npz file, read with allow_pickle=False)
 """
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 import re
@@ -177,7 +178,7 @@ def load_imagefolder(cfg) -> RawData:
                         hint="add images (png, jpg, ...) in the class sub-folders")
     y = np.asarray([labels[i] for i in keep], dtype=np.int64)
     where = np.asarray([split_of[i] for i in keep])
-    splits = None
+    splits: dict[str, np.ndarray] | None = None
     if "all" not in parts:
         splits = {s: np.flatnonzero(where == s) for s in parts}
         for s, idx in splits.items():
@@ -243,6 +244,13 @@ def safe_unpickle(data: bytes, what: str) -> Any:
 CIFAR_DIRS = ("cifar-10-batches-py", "cifar-100-python")
 
 
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    f = tar.extractfile(member)
+    if f is None:
+        raise DataError(f"{member.name} in the archive is not a regular file", hint="repack the archive")
+    return f.read()
+
+
 class _Files:
     """Named files of a folder or of a .tar.gz (read in memory, never extracted)."""
 
@@ -264,7 +272,7 @@ class _Files:
             self._tar = tar
             for m in tar.getmembers():
                 if m.isfile():
-                    self.entries.setdefault(Path(m.name).name, lambda m=m: tar.extractfile(m).read())
+                    self.entries.setdefault(Path(m.name).name, functools.partial(_member_bytes, tar, m))
         else:
             raise DataError(f"data.path {path} is neither a folder nor a .tar.gz (data.source=cifar)",
                             hint="point data.path at the extracted cifar-10-batches-py / cifar-100-python folder")
@@ -540,7 +548,7 @@ def load_npz(cfg) -> RawData:
         if class_names is None:
             class_names = [str(i) for i in range(n_classes)]
         images, scaled = to_uint8(np.concatenate([x for x, _ in parts.values()]), f"{where}: images")
-    splits = None
+    splits: dict[str, np.ndarray] | None = None
     if "all" not in parts:
         splits, start = {}, 0
         for s, (x, _) in parts.items():

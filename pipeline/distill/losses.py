@@ -39,7 +39,7 @@ it. Fractional epochs (``epoch + step / steps_per_epoch``) give a per-step ramp.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import torch
 import torch.nn.functional as F
@@ -219,7 +219,7 @@ def _pool_to_common(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
     if f_s.shape[2:] == f_t.shape[2:]:
         return f_s, f_t
     size = tuple(min(a, b) for a, b in zip(f_s.shape[2:], f_t.shape[2:]))
-    pool = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}.get(len(size))
+    pool: Any = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}.get(len(size))
     if pool is None:
         raise ConfigError(f"cannot match feature shapes {tuple(f_s.shape)} and {tuple(f_t.shape)}",
                           hint="tap layers whose outputs are (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W)")
@@ -392,6 +392,8 @@ class ATTerm(nn.Module):
             f_s, f_t = _pool_to_common(f_s, f_t)
             loss = (attention_map(f_s, self.p) - attention_map(f_t, self.p)).pow(2).mean()
             total = loss if total is None else total + loss
+        if total is None:  # no layer pairs: nothing to transfer
+            return batch.student_logits.new_zeros(())
         return self.beta * total
 
 
@@ -482,8 +484,8 @@ class Criterion(nn.Module):
             student_logits=s_logits,
             teacher_logits=None if t_logits is None else t_logits.detach(),
             targets=targets,
-            student_features=self.student_tap.features if self.student_tap else {},
-            teacher_features={k: (v.detach() if isinstance(v, Tensor) else v)
+            student_features=cast(dict, self.student_tap.features) if self.student_tap else {},
+            teacher_features={k: cast(Tensor, v.detach() if isinstance(v, Tensor) else v)
                               for k, v in self.teacher_tap.features.items()} if self.teacher_tap else {},
             epoch=epoch,
         )
@@ -583,7 +585,7 @@ def build_criterion(terms: list[LossTerm] | list[dict], student: nn.Module, teac
     t_paths = list(dict.fromkeys(p for t in specs for _, p in t.layer_pairs()))
     student_tap = FeatureTap(student, s_paths) if s_paths else None
     try:
-        teacher_tap = FeatureTap(teacher, t_paths) if t_paths else None
+        teacher_tap = FeatureTap(teacher, t_paths) if t_paths and teacher is not None else None
     except Exception:
         if student_tap:
             student_tap.remove()
@@ -596,7 +598,7 @@ def build_criterion(terms: list[LossTerm] | list[dict], student: nn.Module, teac
                                   hint="pass one input batch as example_input to build_criterion")
             if student_tap:
                 shapes["student"] = _dry_run(student, example_input, student_tap, "student")
-            if teacher_tap:
+            if teacher_tap and teacher is not None:
                 shapes["teacher"] = _dry_run(teacher, example_input, teacher_tap, "teacher")
         modules = [LOSS_REGISTRY[t.name](t, shapes) for t in specs]
     except Exception:

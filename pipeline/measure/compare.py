@@ -27,7 +27,7 @@ import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pipeline.errors import DataError
 
@@ -152,7 +152,7 @@ def compare_reports(
         else:
             cc.noise = max(case_noise(n), case_noise(b))
             cc.limit_ratio = 1.0 + max_regression + noise_factor * cc.noise
-            if cc.base_p50 and cc.base_p50 > 0:
+            if cc.base_p50 and cc.base_p50 > 0 and cc.new_p50 is not None:
                 cc.ratio = cc.new_p50 / cc.base_p50
                 if cc.new_p50 > cc.base_p50 * cc.limit_ratio:
                     cc.latency_regression = True
@@ -327,7 +327,7 @@ def _write(path: str, text: str) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 

@@ -76,7 +76,7 @@ def validation_errors(doc: Any) -> list[str]:
     schema = load_schema()
     # Validate against the branch the document names, so the messages are precise (no oneOf noise).
     kind = doc.get("kind") if isinstance(doc, dict) else None
-    target = {"case-result": "caseResult", "benchmark-report": "report"}.get(kind)
+    target = {"case-result": "caseResult", "benchmark-report": "report"}.get(str(kind))
     if target is None:
         return [f"kind: expected 'case-result' or 'benchmark-report', got {kind!r}"]
     sub = {"$ref": f"#/$defs/{target}", "$defs": schema["$defs"]}
@@ -392,7 +392,8 @@ def infer_precision(result: dict) -> str:
     if not seen:
         return "unspecified"
     if any(("i8" in p or "u8" in p) for p in seen):
-        return "int8"
+        # u8/i8 layers beside float ones (e.g. layers kept in float) are a mix, not int8.
+        return "mixed int8/fp32" if seen & {"f32", "bf16", "f16"} else "int8"
     names = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
     mapped = {names.get(p, p) for p in seen}
     return mapped.pop() if len(mapped) == 1 else "mixed"

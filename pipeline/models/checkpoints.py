@@ -41,7 +41,8 @@ def _pickle_globals(path: Path, limit: int = 5) -> list[str]:
                 data = z.read(name) if name else b""
         else:
             data = path.read_bytes()
-        found, strings = [], []
+        found: list[str] = []
+        strings: list[str] = []
         for op, arg, _ in pickletools.genops(data):
             if op.name in ("GLOBAL", "INST"):
                 found.append(str(arg).replace(" ", "."))

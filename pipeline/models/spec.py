@@ -27,7 +27,7 @@ def _call(fn, kwargs: dict[str, Any], in_channels: int, num_classes: int, what: 
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # some C callables have no signature: pass what the recipe gives
-        params, accepts_any = {}, True
+        params, accepts_any = {}, True  # type: ignore[assignment]  # a C callable without a signature
     else:
         accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kw = dict(kwargs)
@@ -74,6 +74,7 @@ def _load_file_module(path: Path):
         return _FILE_MODULES[key]
     name = f"_user_model_{hashlib.sha256(key[0].encode()).hexdigest()[:12]}"
     spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None  # a .py path always has a source loader
     module = importlib.util.module_from_spec(spec)
     folder = str(path.resolve().parent)
     if folder not in sys.path:
@@ -110,6 +111,7 @@ def spec_fingerprint(spec: str) -> str | None:
         return None
     if scheme in ("builtin", "torchvision", "timm"):
         return None
+    origin: Path | None
     try:
         if scheme.endswith(".py"):
             origin = Path(scheme)
@@ -194,7 +196,7 @@ def build_model(spec: str, kwargs: dict[str, Any] | None, in_channels: int, num_
                                   hint="check the module path (is it installed, or on PYTHONPATH?), or give "
                                        "path/to/file.py:callable") from None
             raise _import_failed(scheme, e, own=scheme) from None
-    fn = getattr(module, rest, None)
+    fn = getattr(module, rest, None)  # type: ignore[assignment]  # checked callable below
     if fn is None or not callable(fn):
         public = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
                   and getattr(v, "__module__", None) == module.__name__]

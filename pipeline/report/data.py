@@ -17,6 +17,7 @@ SOURCE_MEANING = {
     "host-measured": "target artifact ran on this host, not on the device",
     "estimated": "roofline from MACs/bytes and the profile's peaks, not run",
     "device-measured": "imported from the bundle's benchmark on the real device",
+    "unknown": "no source was recorded with this figure",
 }
 
 
@@ -197,7 +198,7 @@ def bench_cases(run_dir: str | Path, summary: dict) -> tuple[list[BenchCase], li
             if stats["p50"] is None:
                 notes.append(f"{stage}/{cname}: no p50 in bench.json")
                 continue
-            src = c.get("source") or reps[0].get("source") or "measured"
+            src = c.get("source") or reps[0].get("source") or "unknown"  # never assumed measured
             cases.append(BenchCase(_case_label(stage, cname), stage, cname, str(src), stats,
                                    [float(x["p50"]) for x in rl if x.get("p50") is not None],
                                    sum(int(r.get("iterations") or 0) for r in reps)))

@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline.artifacts import atomic_write_bytes, atomic_write_text
 from pipeline.report.data import (SOURCE_MEANING, accuracy_latency_points, bench_cases, load_run, single_figures,
                                   size_bars)
+from pipeline.stats import format_ci
 from pipeline.summary import markdown_table, summary_rows
 
 
@@ -50,6 +51,7 @@ def build_figures(run_dir: Path, summary: dict) -> tuple[list[Figure], list[str]
     points, left_out = accuracy_latency_points(summary)
     if points:
         front = [p for p in points if p.pareto]
+        ci95 = {a["name"]: a.get("accuracy_ci95") for a in summary["artifacts"]}
         cap = ("Accuracy on the test split against latency p50 at batch 1, one marker per artifact; marker shape and "
                f"colour give the latency source. Sources in this plot: {_sources_in(p.source for p in points)}. "
                "Circled points joined by the dashed step line form the Pareto front (no other artifact is both "
@@ -60,7 +62,7 @@ def build_figures(run_dir: Path, summary: dict) -> tuple[list[Figure], list[str]
         figs.append(Figure("report_accuracy_latency.png", "Accuracy vs latency", cap,
                            plots.accuracy_latency_png(points, name),
                            [{"#": str(points.index(p) + 1), "artifact": p.name, "precision": p.precision,
-                             "accuracy": f"{p.accuracy:.4f}", "p50 ms": f"{p.latency_ms:.4g}",
+                             "accuracy": format_ci(p.accuracy, ci95.get(p.name)), "p50 ms": f"{p.latency_ms:.4g}",
                              "latency source": p.source} for p in front], "Pareto front"))
     else:
         notes.append("accuracy vs latency: no artifact has both an accuracy and a latency ("
@@ -98,6 +100,9 @@ def _target_notes(summary: dict) -> list[str]:
         eng = ((t.get("compile") or {}).get("engine")) or {}
         if eng and not eng.get("built", True):
             out.append(f"{name}: {eng.get('reason')}")
+        g = t.get("gate") or {}
+        if g:
+            out.append(f"{name}: accuracy gate {g.get('decision')} (decided on {g.get('decided_on')}): {g.get('reason')}")
         q = t.get("quantize") or {}
         if q.get("kept_in_float"):
             out.append(f"{name}: kept in float to hold the accuracy budget: {q['kept_in_float']}")

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.artifacts import sha256_file
+from pipeline.provenance import float_compute_layers, precision_label
 from pipeline.runner import Runner, StageContext, StageResult, environment
 from pipeline.stages.data import read_splits
+from pipeline.stats import format_ci
 
 MANIFEST_SCHEMA_VERSION = "1"
 STANDALONE = Path(__file__).resolve().parents[2] / "targets" / "standalone"
@@ -47,7 +49,9 @@ def _readme(manifest: dict, notes: list[str]) -> str:
     metric_lines = []
     for k, v in m["metrics"].items():
         if isinstance(v, dict) and "value" in v:
-            metric_lines.append(f"| {k} | {v['value']} | {v['source']} |")
+            value = format_ci(v["value"], v.get("ci95")) if v.get("ci95") else v["value"]
+            metric_lines.append(f"| {k} | {value} | {v.get('source') or 'unknown'} | {v.get('runtime') or 'unknown'} "
+                                f"| {v.get('host') or 'unknown'} |")
     lines = [
         f"# {m['name']}: {m['profile']['name']} deployment bundle",
         "",
@@ -67,9 +71,12 @@ def _readme(manifest: dict, notes: list[str]) -> str:
         f"`{m['input']['name']}` {m['input']['shape']} {m['input']['dtype']} {m['input']['layout']}; preprocessing: "
         f"`{json.dumps(m['preprocessing'])}`",
         "",
-        "## Metrics (each with its source)",
-        "| metric | value | source |",
-        "|---|---|---|",
+        "## Metrics (each with its source, the runtime and the host class that produced it)",
+        "Accuracy is on the test split with its 95% Wilson interval. `host-measured`: run on the build host, "
+        "not on the device (reference numerics or another CPU architecture); `estimated`: roofline, not run.",
+        "",
+        "| metric | value | source | runtime | host |",
+        "|---|---|---|---|---|",
         *metric_lines,
         "",
         *[f"- {n}" for n in notes],
@@ -112,17 +119,27 @@ def run_bundle(runner: Runner, recipe, profile, backend, data: StageResult, quan
             {"atol": 1e-3, "runtime": m.runtime, "runtime_version": m.runtime_version, "samples": samples}, indent=1))
         ev = evaluate.metrics["int8"]
         bm = (bench.metrics.get("int8") if bench else None) or {}
+        # Every figure names its source, the runtime and the host class that produced it.
+        acc_where = {"source": ev.get("source") or "unknown", "runtime": ev.get("runtime") or ev["numerics"],
+                     "host": ev.get("host") or "unknown"}
         metrics: dict[str, Any] = {
-            "accuracy": {"value": ev["accuracy"], "source": "measured",
+            "accuracy": {"value": ev["accuracy"], **acc_where, "ci95": ev.get("accuracy_ci95"),
                          "numerics": ev["numerics"], "split": "test", "samples": ev["samples"]},
-            "accuracy_drop_vs_fp32_student": {"value": ev["accuracy_drop_vs_fp32_student"], "source": "measured"},
-            "top1_agreement_vs_fp32_student": {"value": ev["top1_agreement"], "source": "measured"},
+            "accuracy_drop_vs_fp32_student": {"value": ev["accuracy_drop_vs_fp32_student"], **acc_where,
+                                              "paired": ev.get("paired_vs_fp32_student")},
+            "top1_agreement_vs_fp32_student": {"value": ev["top1_agreement"], **acc_where},
         }
         if bm:
-            metrics["latency_p50_ms"] = {"value": bm["latency_ms"]["p50"], "source": bm["latency_ms"]["source"]}
-            metrics["latency_p90_ms"] = {"value": bm["latency_ms"]["p90"], "source": bm["latency_ms"]["source"]}
-            metrics["peak_rss_mb"] = {"value": bm["peak_rss_mb"]["value"], "source": bm["peak_rss_mb"]["source"]}
-        metrics["estimated_latency_p50_ms"] = {"value": estimate["latency_ms"]["p50"], "source": "estimated"}
+            lat, rss = bm["latency_ms"], bm["peak_rss_mb"]
+            lat_where = {"source": lat.get("source") or "unknown", "runtime": lat.get("runtime") or "unknown",
+                         "host": lat.get("host") or "unknown"}
+            metrics["latency_p50_ms"] = {"value": lat["p50"], **lat_where}
+            metrics["latency_p90_ms"] = {"value": lat["p90"], **lat_where}
+            metrics["peak_rss_mb"] = {"value": rss["value"], **lat_where, "source": rss.get("source") or "unknown"}
+        est = estimate["latency_ms"]
+        metrics["estimated_latency_p50_ms"] = {"value": est["p50"], "source": "estimated",
+                                               "runtime": est.get("runtime", "roofline estimate"),
+                                               "host": est.get("host", profile.name)}
         manifest = {
             "schema_version": MANIFEST_SCHEMA_VERSION,
             "name": name,
@@ -130,7 +147,9 @@ def run_bundle(runner: Runner, recipe, profile, backend, data: StageResult, quan
             "profile": {"name": profile.name, "backend": profile.backend, "description": profile.description,
                         "cpu_arch": profile.cpu_arch, "threads": profile.threads},
             "model": {"file": built.model_file.name, "files": [f.name for f in built.files],
-                      "precision": built.precision, "runtime": m.runtime,
+                      "precision": precision_label(built.precision, built.info.get("kept_in_float"),
+                                                   float_compute_layers(compile_.metrics.get("compile") or {})),
+                      "runtime": m.runtime,
                       "precision_hint": None, "kept_in_float": built.info.get("kept_in_float", [])},
             "device_model_files": [],
             "input": {"name": m.input_name, "shape": [1, *splits.input_shape] if m.layout != "nhwc"

@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from calibration.select import load_calibration_set
+from pipeline.provenance import accuracy_source, host_class, runtime_label
 from pipeline.runner import Runner, StageContext, StageResult
 from pipeline.stages.data import read_splits
 from pipeline.stages.models import load_model
+from pipeline.stats import paired_change, wilson_interval
 from targets.base import Backend, BuiltModel, CalibrationSpec, QuantizeRequest, get_backend
 
 STANDALONE_BENCH = Path(__file__).resolve().parents[2] / "targets" / "standalone" / "bench.py"
@@ -36,6 +38,7 @@ class TargetOutcome:
     profile: Any
     stages: dict[str, StageResult] = field(default_factory=dict)
     failed: str | None = None  # why this target stopped (a gate), else None
+    gate: dict[str, Any] | None = None  # what the accuracy gate decided and why (pipeline.quant_gate)
 
 
 def _built_to_json(built: BuiltModel, root: Path) -> dict:
@@ -138,7 +141,8 @@ def run_quantize(runner: Runner, recipe, profile, backend: Backend, data, export
             if d.is_dir() and d != keep:
                 shutil.rmtree(d)
 
-    config = {"profile": _profile_key(profile), "quantize": q.model_dump(mode="json"),
+    # test_gate decides on the test split after evaluate: it does not change the quantized model.
+    config = {"profile": _profile_key(profile), "quantize": q.model_dump(mode="json", exclude={"test_gate"}),
               "calibration": recipe.calibration.model_dump(mode="json")}
     return runner.stage(f"quantize-{profile.name}", fn, config=config,
                         inputs={"export": export, "calibration": calib, "model": model_stage, "data": data},
@@ -152,7 +156,7 @@ def _torch_val_logits(model_stage: StageResult, splits) -> np.ndarray:
     return predict(load_model(model_stage.dir), splits.x_val)
 
 
-def _fallback(backend, export, model_stage, attempt, drop, q, tried):
+def _fallback(backend: Backend, export: StageResult, model_stage: StageResult, attempt, drop, q, tried):
     """Per-layer sensitivity (accuracy recovered by keeping that one layer in float), then keep the
     most sensitive layers in float one by one until the budget holds."""
     layers = backend.quantizable_layers(export.path("model.onnx"), load_model(model_stage.dir))
@@ -192,19 +196,28 @@ def run_evaluate(runner: Runner, recipe, profile, data: StageResult, export: Sta
 
     def fn(ctx: StageContext) -> None:
         splits = read_splits(data)
+        backend = get_backend(profile.backend)
         ref = np.load(export.path("test_logits.npy"))
         student_acc = float((ref.argmax(1) == splits.y_test).mean())
         threads = host_threads(profile, recipe.benchmark)
         for name, built in variants.items():
             got = logits_of(built.model_file, splits.x_test, threads)
             acc = float((got.argmax(1) == splits.y_test).mean())
+            # A small split's accuracy carries its uncertainty; the paired change feeds the test gate.
+            change = paired_change(splits.y_test, ref.argmax(1), got.argmax(1))
             ctx.metrics[name] = {
                 "accuracy": acc, "accuracy_drop_vs_fp32_student": student_acc - acc,
+                "accuracy_ci95": list(wilson_interval(change.candidate_correct, change.samples)),
+                "paired_vs_fp32_student": change.to_json(),
                 "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
                 "max_abs_logit_diff": float(np.abs(got - ref).max()),
                 "numerics": built.numerics, "samples": int(len(got)),
+                "source": accuracy_source(backend.host_source, profile.cpu_arch, built.numerics),
+                "runtime": runtime_label(built.numerics), "host": host_class(),
             }
         ctx.metrics["fp32_student_accuracy"] = student_acc
+        ctx.metrics["fp32_student_accuracy_ci95"] = list(
+            wilson_interval(int((ref.argmax(1) == splits.y_test).sum()), len(splits.y_test)))
 
     return runner.stage(f"evaluate-{profile.name}", fn, config={"profile": profile.name},
                         inputs={"data": data, "export": export, **inputs}, tools=BACKEND_TOOLS[profile.backend],
@@ -248,9 +261,11 @@ def run_benchmark(runner: Runner, recipe, name: str, label: str, cases: list[dic
 def _bench_summary(case: dict) -> dict:
     lat = case["latency_ms"]
     rss = case.get("peak_rss_mb") or {}
+    runtime = " ".join(str(v) for v in (case.get("runtime"), case.get("runtime_version")) if v) or None
+    where = {"runtime": runtime or "unknown", "host": host_class()}
     return {"latency_ms": {"p50": lat["p50"], "p90": lat["p90"], "p99": lat.get("p99"),
-                           "cv_between_repeats": lat.get("cv_between_repeats"), "source": case["source"]},
-            "peak_rss_mb": {"value": rss.get("value"), "source": rss.get("source", case["source"])},
+                           "cv_between_repeats": lat.get("cv_between_repeats"), "source": case["source"], **where},
+            "peak_rss_mb": {"value": rss.get("value"), "source": rss.get("source", case["source"]), **where},
             "file_size_bytes": case.get("file_size_bytes"), "threads": case.get("threads"),
             "batch": case.get("batch")}
 
@@ -262,8 +277,10 @@ def estimate_for(profile, onnx_file: Path, precision: str) -> dict:
     cost = model_cost(onnx_file)
     est = estimate_latency(cost, profile, precision=precision)
     mem_mb = (cost.weight_bytes + cost.activation_bytes) / 1e6
+    where = {"runtime": "roofline estimate (targets/estimate.py), not run",
+             "host": f"{profile.name} ({profile.cpu_arch}), from the profile's published peaks"}
     return {"latency_ms": {"p50": round(est.latency_ms, 4), "p90": None, "source": "estimated",
-                           "bound": est.bound, "precision": est.precision},
-            "peak_rss_mb": {"value": round(mem_mb, 3), "source": "estimated",
+                           "bound": est.bound, "precision": est.precision, **where},
+            "peak_rss_mb": {"value": round(mem_mb, 3), "source": "estimated", **where,
                             "note": "weights + activations moved; excludes the runtime itself"},
             "macs": cost.macs}

@@ -64,9 +64,9 @@ def cpu_model() -> str:
             k, v = line.split(":", 1)
             fields.setdefault(k.strip().lower(), v.strip())
     for key in ("model name", "hardware", "model", "cpu model", "processor"):
-        v = fields.get(key)
-        if v and not v.isdigit():
-            return v
+        val = fields.get(key)
+        if val and not val.isdigit():
+            return val
     if "cpu part" in fields:
         return f"ARM implementer {fields.get('cpu implementer', '?')} part {fields['cpu part']}"
     return platform.processor() or platform.machine() or "unknown"

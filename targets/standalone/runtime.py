@@ -741,7 +741,8 @@ def preprocess_image(path: str | os.PathLike, spec: dict) -> np.ndarray:
     order = str(spec.get("channel_order", "rgb")).lower()
     if order not in ("rgb", "bgr"):
         raise ValueError(f"spec channel_order must be rgb or bgr (got {order!r})")
-    resample = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC}[
+    filters = getattr(Image, "Resampling", Image)  # Pillow >= 9.1 names them Image.Resampling.*
+    resample = {"bilinear": filters.BILINEAR, "nearest": filters.NEAREST, "bicubic": filters.BICUBIC}[
         str(spec.get("resize", "bilinear")).lower()
     ]
     with Image.open(path) as img:

@@ -59,7 +59,8 @@ class CudaDriver:
             raise RuntimeError(f"no CUDA device {device} ({count.value} found)")
         self.dev = ctypes.c_int()
         self.check(L.cuDeviceGet(ctypes.byref(self.dev), device), "cuDeviceGet")
-        self.ctx, self.stream, self.ptrs, self.retained = vp(), vp(), [], False
+        self.ctx, self.stream, self.retained = vp(), vp(), False
+        self.ptrs: list = []
         self.check(L.cuDevicePrimaryCtxRetain(ctypes.byref(self.ctx), self.dev), "cuDevicePrimaryCtxRetain")
         self.retained = True
         self.check(L.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
