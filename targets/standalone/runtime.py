@@ -745,11 +745,11 @@ def preprocess_image(path: str | os.PathLike, spec: dict) -> np.ndarray:
     resample = {"bilinear": filters.BILINEAR, "nearest": filters.NEAREST, "bicubic": filters.BICUBIC}[
         str(spec.get("resize", "bilinear")).lower()
     ]
-    with Image.open(path) as img:
+    with Image.open(path) as src:
         # As training read it (pipeline/data/images.py): upright per EXIF, transparency composited on white.
         from PIL import ImageOps
 
-        img = ImageOps.exif_transpose(img)
+        img: Image.Image = ImageOps.exif_transpose(src)
         if img.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in img.info:
             rgba = img.convert("RGBA")
             img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
