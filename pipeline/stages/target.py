@@ -21,7 +21,6 @@ from pipeline.stages.data import read_splits
 from pipeline.stages.models import load_model
 from targets.base import Backend, BuiltModel, CalibrationSpec, QuantizeRequest, get_backend
 
-STANDALONE_BENCH = Path(__file__).resolve().parents[2] / "targets" / "standalone" / "bench.py"
 
 BACKEND_TOOLS = {
     "onnxruntime": ["onnxruntime", "onnx"],
@@ -237,11 +236,8 @@ def run_benchmark(runner: Runner, recipe, name: str, label: str, cases: list[dic
     config = {"benchmark": b.model_dump(mode="json"), "cases": [{k: v for k, v in c.items() if k != "model"}
                                                                 for c in cases], "host": host,
               "extra": extra_config}
-    import benchmarks.harness
-    import targets.standalone.runtime
-
     return runner.stage(name, fn, config=config, inputs=inputs, tools=["onnxruntime", "openvino", "ai-edge-litert"],
-                        code=(benchmarks.harness, targets.standalone.runtime, STANDALONE_BENCH),
+                        # harness, runtime and bench.py: in the closure of this module (code_closure)
                         label=label)
 
 
