@@ -228,7 +228,7 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
     for oc in outcomes:
         p = oc.profile
         st = oc.stages
-        entry: dict[str, Any] = {"profile": p.name, "backend": p.backend, "failed": oc.failed}
+        entry: dict[str, Any] = {"profile": p.name, "backend": p.backend, "cpu_arch": p.cpu_arch, "failed": oc.failed}
         if "quantize" in st:
             q = st["quantize"]
             entry["quantize"] = {k: q.metrics.get(k) for k in ("kept_in_float", "tried", "budget", "val_accuracy_drop",
@@ -270,7 +270,9 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
     notes = list(dict.fromkeys(
         (f"{r['name'].split('[', 1)[1].rstrip(']')}: {n}" if "[" in r["name"] else n)
         for r in runner.records for n in r["notes"]))
-    return {
+    from pipeline.device_results import merge_into  # imported device results outlive a rebuilt run.json
+
+    return merge_into({
         "schema_version": RUN_SCHEMA_VERSION,
         "name": recipe.name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -284,4 +286,4 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
         "notes": notes,
         "environment": environment(),
         "data": data.metrics,
-    }
+    }, runner.out)
