@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from calibration.select import build_calibration_set
 from pipeline.artifacts import atomic_write_json
 from pipeline.errors import GateError, MissingDependency, PipelineError
-from pipeline.runner import Runner, RunLock, StageContext, StageResult, environment
+from pipeline.runner import Runner, RunLock, StageResult, environment
 from pipeline.stages.bundle import run_bundle
-from pipeline.stages.data import read_splits, run_data
+from pipeline.stages.calibration import run_calibration
+from pipeline.stages.data import run_data
 from pipeline.stages.distill import run_distill
 from pipeline.stages.export import run_export
 from pipeline.stages.prune import run_prune
@@ -76,18 +76,6 @@ def select_profiles(requested: list[str], profile_paths: list[str] = ()) -> tupl
                                     hint=backend.install_hint())
         chosen.append(p)
     return chosen, skipped
-
-
-def run_calibration(runner: Runner, recipe, data: StageResult) -> StageResult:
-    c = recipe.calibration
-
-    def fn(ctx: StageContext) -> None:
-        s = read_splits(data)
-        ctx.metrics.update(build_calibration_set(s.x_train, s.y_train, c.samples, c.seed,
-                                                 ctx.dir / "calibration.npz"))
-
-    return runner.stage("calibration", fn, config={"samples": c.samples, "seed": c.seed},
-                        inputs={"data": data}, tools=["numpy"])
 
 
 def run_pipeline(recipe, out: Path, profile_paths: list[str] = (), console=None) -> RunResult:

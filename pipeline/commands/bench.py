@@ -364,8 +364,14 @@ def execute(plan: Plan, *, repeats: int = 3, protocol: dict | None = None, progr
             if progress:
                 print(msg, file=sys.stderr, flush=True)
 
+        from pipeline.reference_kernel import Recorder
+
+        reference = Recorder([s.get("threads") for s in plan.cases])
+        reference.measure_once()  # before and after the cases (needs ONNX Runtime; else recorded as unavailable)
         cases = [_bench_with_script(s, plan.bench_py, repeats, protocol, say) for s in plan.cases]
+        reference.measure_once()
         report = harness.make_report(cases)
+        report["reference_kernel"] = reference.record()
     else:
         specs = [{k: v for k, v in s.items() if k not in _EXTRA_KEYS} for s in plan.cases]
         report = harness.bench_many(specs, progress=progress, repeats=repeats, **protocol)
