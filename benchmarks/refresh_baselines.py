@@ -54,15 +54,23 @@ def load_problem(load: float | None, cores: int | None, where: str) -> dict | No
 
 
 def report_load_problem(report: dict) -> dict | None:
-    """The highest load any measuring child (or the report itself) recorded, when above the limit."""
+    """The highest load of other work any measuring child (or the report itself) recorded, when above the
+    limit. A child's own threads are part of the load it sees (a 1-thread benchmark alone on the machine
+    shows ~1.0), so they are subtracted: what remains is everything else that ran beside the measurement."""
     env = report.get("environment") or {}
     cores = env.get("usable_cores") or env.get("logical_cores")
-    loads = [env.get("load_average_1m")]
+    loads = []
+    if isinstance(env.get("load_average_1m"), (int, float)):
+        loads.append(env["load_average_1m"] - 1)  # taken right after the last child
     for c in report.get("cases") or []:
         for r in c.get("repeats") or []:
-            loads.append((r.get("environment") or {}).get("load_average_1m"))
-    loads = [x for x in loads if isinstance(x, (int, float))]
-    return load_problem(max(loads), cores, "while measuring") if loads else None
+            load = (r.get("environment") or {}).get("load_average_1m")
+            if isinstance(load, (int, float)):
+                loads.append(load - int(r.get("threads") or c.get("threads") or 1))
+    if not loads:
+        return None
+    worst = load_problem(max(loads), cores, "while measuring (the benchmark's own threads subtracted)")
+    return worst
 
 
 def refuse_or_note(problem: dict | None, force: bool) -> dict | None:
