@@ -270,3 +270,32 @@ def test_editing_a_module_the_user_model_imports_reruns_teacher_and_after(tmp_pa
     st = {s["stage"]: s["cached"] for s in read_run(out)["stages"]}
     assert not st["calibration"] and st["teacher"] and st["export"], st
     assert (calib / "calibration.npz").is_file()
+
+
+def test_model_fingerprint_covers_local_imports_only(tmp_path):
+    from pipeline.errors import ConfigError
+    from pipeline.models.model_sources import model_source_files
+    from pipeline.models.spec import spec_fingerprint
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "__init__.py").write_text("")
+    (tmp_path / "sub" / "helper.py").write_text("SCALE = 1\n")
+    (tmp_path / "my_blocks.py").write_text("from sub import helper\nWIDTH = 8\n")
+    (tmp_path / "unrelated.py").write_text("X = 1\n")
+    model = tmp_path / "my_model.py"
+    model.write_text("import numpy\n\ndef build(num_classes, in_channels):\n    import my_blocks\n    return None\n")
+    root, files = model_source_files(str(model))
+    assert sorted(f.relative_to(root).as_posix() for f in files) == [
+        "my_blocks.py", "my_model.py", "sub/__init__.py", "sub/helper.py"]
+    spec = f"{model}:build"
+    a = spec_fingerprint(spec)
+    (tmp_path / "unrelated.py").write_text("X = 2\n")
+    assert spec_fingerprint(spec) == a, "a file the model does not import is not in its key"
+    (tmp_path / "sub" / "helper.py").write_text("SCALE = 2\n")  # two imports away, inside a function
+    b = spec_fingerprint(spec)
+    assert b != a
+    (tmp_path / "my_blocks.py").write_text("def f(:\n")
+    with pytest.raises(ConfigError, match="SyntaxError"):
+        spec_fingerprint(spec)
+    with pytest.raises(ConfigError, match="does not exist"):
+        spec_fingerprint(f"{tmp_path / 'nope.py'}:build")
