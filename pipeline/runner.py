@@ -81,6 +81,21 @@ def outputs_problem(folder: Path, meta: dict) -> str | None:
     return None
 
 
+def _refresh_output_stats(folder: Path, meta: dict) -> None:
+    """After a hit whose files were hashed (mtimes moved: a copied run folder, an older meta.json), record
+    the current sizes and mtimes so the next hit is a stat() again."""
+    try:
+        stats = output_stats(folder, meta["outputs"])
+    except OSError:
+        return
+    if stats != meta.get("output_stats"):
+        meta["output_stats"] = stats
+        try:
+            atomic_write_json(folder / META, meta)
+        except OSError:  # a read-only copy of a run: the check still holds, only slower next time
+            pass
+
+
 @dataclass
 class StageResult:
     name: str
@@ -185,6 +200,7 @@ class Runner:
             except (OSError, UnicodeDecodeError, ValueError) as e:
                 rerun_reason = f"meta.json is unreadable ({type(e).__name__})"
             if rerun_reason is None:
+                _refresh_output_stats(final, meta)
                 rec = self._record(name, label, key, final, meta, cached=True, seconds=0.0)
                 self._say(f"[dim]✓ {{label}}{' ' * max(0, 32 - len(label))} cached[/dim]", label)
                 return rec
