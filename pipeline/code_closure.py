@@ -78,6 +78,19 @@ def _package_of(path: Path, root: Path = ROOT) -> str | None:
     return ".".join(parts)
 
 
+def _statements(tree: ast.AST):
+    """Every statement, at any depth (function bodies, if/try/with/match blocks): imports are statements,
+    so expression subtrees (most of a file's nodes) need not be walked."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for name in ("body", "orelse", "finalbody", "handlers", "cases"):
+            children = getattr(node, name, None)
+            if isinstance(children, list):
+                stack.extend(c for c in children if isinstance(c, ast.AST))
+
+
 def import_names(path: Path, package: str | None) -> list[tuple[str, bool]]:
     """(dotted module name, must exist) for every import anywhere in `path` (also inside functions).
     `from pkg import x` yields `pkg` (must exist) and `pkg.x` (a module only if such a file exists).
@@ -87,7 +100,7 @@ def import_names(path: Path, package: str | None) -> list[tuple[str, bool]]:
     except (OSError, SyntaxError, ValueError) as e:
         raise _fail(str(path), f"{type(e).__name__}: {e}") from None
     names: list[tuple[str, bool]] = []
-    for node in ast.walk(tree):
+    for node in _statements(tree):
         if isinstance(node, ast.Import):
             names += [(a.name, True) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
