@@ -232,3 +232,13 @@ def test_device_results_survive_a_cached_rerun_and_show_in_the_report(fast_run, 
     p = run_cli("report", str(run))
     assert p.returncode == 0, p.stderr
     assert "## Device-measured results" in (run / "report.md").read_text()
+    # `bench` of the run shows the device figure beside the host measurement, and times the reference kernel
+    p = run_cli("bench", str(run), "--only", "onnxruntime:int8", "--repeats", "1", "--warmup", "2", "--min-iters",
+                "20", "--min-time", "0.05", "--json", str(tmp_path / "bench.json"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    case = next(c for c in report["cases"] if c["name"].startswith("onnxruntime:int8"))
+    assert case["device_measured"]["source"] == "device-measured" and case["device_measured"]["device"] == DEVICE
+    assert case["source"] == "measured" and "device-measured p50" in p.stdout
+    ref = report["reference_kernel"]["by_threads"][str(case["threads"] or 1)]
+    assert ref["int8_gemm_ms"] > 0 and len(ref["children"]) == 2, "one child before, one after the cases"
