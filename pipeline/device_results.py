@@ -1,8 +1,8 @@
 """Device results imported into a run: their own file, merged into every later run.json, report and bench.
 
 `python -m pipeline import-results` stores each result in RUN_DIR/device_results.json (written atomically;
-one record per (model sha256, profile): a later import of the same model on the same profile replaces the
-earlier one). run.json is rebuilt by every `run` (also a fully cached one), so the results live here and
+one record per (model sha256, profile, batch): a later import of the same model on the same profile replaces
+the earlier one, which the new record lists under `replaces`). run.json is rebuilt by every `run` (also a fully cached one), so the results live here and
 `merge_into` lays them over the summary: on the artifact they timed (name and sha256 must still match:
 a result of a model the run no longer has is listed as stale, never shown as the new model's figure).
 """
@@ -49,12 +49,13 @@ def load(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def _key(rec: dict) -> tuple:
-    return (rec.get("sha256"), rec.get("target"))
+    """The same model on the same profile at the same batch size is one result: a new import replaces it."""
+    return (rec.get("sha256"), rec.get("target"), (rec.get("latency_ms") or {}).get("batch"))
 
 
 def add(run_dir: str | Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Merge `records` into RUN_DIR/device_results.json (same sha256 and profile: the new one replaces the
-    old one, which is counted in `replaces`); returns everything stored."""
+    """Merge `records` into RUN_DIR/device_results.json (same sha256, profile and batch: the new one replaces
+    the old one, which it lists in `replaces`); returns everything stored."""
     from pipeline.artifacts import atomic_write_json
 
     stored = load(run_dir)

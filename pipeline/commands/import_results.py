@@ -16,7 +16,7 @@ bench_engine.py) must be the profile's `cpu_arch`: a result from another kind of
 `--force`, which records a note on the result.
 
 What is written: RUN_DIR/device_results.json (pipeline/device_results.py; atomic; one record per model sha256
-and profile, a later import replaces an earlier one), then run.json with the results laid over it, as every
+profile and batch, a later import replaces an earlier one), then run.json with the results laid over it, as every
 later `run`, `report` and `bench` does (host figures are never touched):
     artifacts[i]["device_latency_ms"] = {p50, p90, p99, min, mean, cv, iterations, batch, threads, runtime,
                                          runtime_version, device, source: "device-measured", imported_at, file}
