@@ -15,7 +15,7 @@ The machine architecture the result records (`environment.machine` of bench.py /
 bench_engine.py) must be the profile's `cpu_arch`: a result from another kind of machine is refused unless
 `--force`, which records a note on the result.
 
-What is written: RUN_DIR/device_results.json (pipeline/device_results.py; atomic; one record per model sha256
+What is written: RUN_DIR/device_results.json (pipeline/device_results.py; atomic; one record per model sha256,
 profile and batch, a later import replaces an earlier one), then run.json with the results laid over it, as every
 later `run`, `report` and `bench` does (host figures are never touched):
     artifacts[i]["device_latency_ms"] = {p50, p90, p99, min, mean, cv, iterations, batch, threads, runtime,
