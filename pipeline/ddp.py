@@ -92,15 +92,13 @@ def run_distill_ddp(runner, recipe, data, teacher):
 
     config = {"distill": cfg.model_dump(mode="json"), "student": scfg.model_dump(mode="json"),
               "seed": recipe.seed, "augment": recipe.data.augment, "hflip": recipe.data.hflip}
-    # The ranks run distill.py's loss closure, the loss terms and train.py's helpers: their code is in the key.
-    import pipeline.distill.losses
-    import pipeline.models.zoo
-    import pipeline.train
+    # The ranks run distill.py's loss closure, the loss terms and train.py's helpers: the import closure of
+    # this module and of `single` (pipeline.code_closure) is in the key.
     from pipeline.models.spec import spec_fingerprint
 
     return runner.stage("distill", fn, config=config, inputs={"data": data, "teacher": teacher}, tools=TOOLS,
                         extra_key={"ddp": True, "student_code": spec_fingerprint(recipe.student.model)},
-                        code=(single, pipeline.train, pipeline.distill.losses, pipeline.models.zoo),
+                        code=(single,),
                         label=f"distill [ddp x{nproc}]")
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
-from calibration.select import build_calibration_set
 from pipeline.artifacts import atomic_write_json
 from pipeline.errors import GateError, MissingDependency, PipelineError
 from pipeline.logs import capture_run_output, third_party
@@ -19,7 +18,8 @@ from pipeline.provenance import figure, float_compute_layers, host_class, precis
 from pipeline.quant_gate import decide_target, gate_error
 from pipeline.runner import Runner, RunLock, StageContext, StageResult, environment
 from pipeline.stages.bundle import run_bundle
-from pipeline.stages.data import read_splits, run_data
+from pipeline.stages.calibration import run_calibration
+from pipeline.stages.data import run_data
 from pipeline.stages.distill import run_distill
 from pipeline.stages.export import run_export
 from pipeline.stages.prune import run_prune
@@ -82,18 +82,6 @@ def select_profiles(requested: list[str], profile_paths: Sequence[str] = ()) -> 
                                     hint=backend.install_hint())
         chosen.append(p)
     return chosen, skipped
-
-
-def run_calibration(runner: Runner, recipe, data: StageResult) -> StageResult:
-    c = recipe.calibration
-
-    def fn(ctx: StageContext) -> None:
-        s = read_splits(data)
-        ctx.metrics.update(build_calibration_set(s.x_train, s.y_train, c.samples, c.seed,
-                                                 ctx.dir / "calibration.npz"))
-
-    return runner.stage("calibration", fn, config={"samples": c.samples, "seed": c.seed},
-                        inputs={"data": data}, tools=["numpy"])
 
 
 def run_pipeline(recipe, out: Path, profile_paths: Sequence[str] = (), console=None) -> RunResult:
@@ -240,7 +228,7 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
     for oc in outcomes:
         p = oc.profile
         st = oc.stages
-        entry: dict[str, Any] = {"profile": p.name, "backend": p.backend, "failed": oc.failed}
+        entry: dict[str, Any] = {"profile": p.name, "backend": p.backend, "cpu_arch": p.cpu_arch, "failed": oc.failed}
         if "quantize" in st:
             q = st["quantize"]
             entry["quantize"] = {k: q.metrics.get(k) for k in ("kept_in_float", "tried", "budget", "val_accuracy_drop",
@@ -294,7 +282,9 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
         g = (t.get("gate") or {}).get("test") or {}
         if g.get("drop_exceeds_budget") and (t.get("gate") or {}).get("decision") == "pass":
             notes.append(f"{name}: {g['reason']}")
-    return {
+    from pipeline.device_results import merge_into  # imported device results outlive a rebuilt run.json
+
+    return merge_into({
         "schema_version": RUN_SCHEMA_VERSION,
         "name": recipe.name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -308,4 +298,4 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
         "notes": notes,
         "environment": environment(),
         "data": data.metrics,
-    }
+    }, runner.out)

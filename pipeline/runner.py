@@ -10,7 +10,6 @@ folder (`stages/<stage>/<key>/`), written under a temporary name and renamed whe
 from __future__ import annotations
 
 import fcntl
-import inspect
 import json
 import os
 import platform
@@ -40,25 +39,62 @@ def tool_versions(dists: list[str]) -> dict[str, str]:
 
 
 def _code_hash(fn: Callable, code: tuple = ()) -> str:
-    """Hash of the source file that defines the stage plus the modules it names in `code`, so changed
-    code is never served from cache (a stage lists what it calls; unrelated edits keep the cache)."""
-    import hashlib
-    import types
+    """Digest of every project file the stage's code can run: the import closure of the file defining
+    `fn` (pipeline.code_closure) plus that of each extra in `code` (modules chosen at run time, such as a
+    backend from the registry, or data files). A file that cannot be read or parsed raises
+    CodeHashError: a key without it could serve stale work."""
+    from pipeline.code_closure import code_digest
 
-    h = hashlib.sha256()
-    for obj in (fn, *code):
+    return code_digest((fn, *code))["sha256"]
+
+
+def output_stats(folder: Path, names) -> dict[str, dict[str, int]]:
+    """Size and mtime of each output, recorded so a cache hit can check them cheaply."""
+    out = {}
+    for n in names:
+        st = (folder / n).stat()
+        out[n] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return out
+
+
+def outputs_problem(folder: Path, meta: dict) -> str | None:
+    """Why a finished stage folder no longer holds what meta.json recorded (None when it does).
+    Size always; the sha256 only when the size or mtime differs from the record (or none was recorded)."""
+    outputs = meta.get("outputs")
+    if not isinstance(outputs, dict):
+        return "meta.json records no outputs"
+    stats = meta.get("output_stats") or {}
+    for name, sha in outputs.items():
+        p = folder / name
         try:
-            path: Any
-            if isinstance(obj, (str, os.PathLike)):
-                path = obj
-            elif isinstance(obj, types.ModuleType):
-                path = obj.__file__
-            else:
-                path = inspect.getsourcefile(obj)
-            h.update(sha256_file(path).encode())
-        except (TypeError, OSError, AttributeError):
-            h.update(b"unknown")
-    return h.hexdigest()[:16]
+            st = p.stat()
+        except OSError:
+            return f"{name} is missing"
+        rec = stats.get(name) or {}
+        if "size" in rec and st.st_size != rec["size"]:
+            return f"{name} changed size ({rec['size']} -> {st.st_size} bytes)"
+        if rec.get("mtime_ns") != st.st_mtime_ns or "size" not in rec:
+            try:
+                if sha256_file(p) != sha:
+                    return f"{name} changed content (sha256 differs)"
+            except OSError as e:
+                return f"{name} is unreadable ({e.strerror or e})"
+    return None
+
+
+def _refresh_output_stats(folder: Path, meta: dict) -> None:
+    """After a hit whose files were hashed (mtimes moved: a copied run folder, an older meta.json), record
+    the current sizes and mtimes so the next hit is a stat() again."""
+    try:
+        stats = output_stats(folder, meta["outputs"])
+    except OSError:
+        return
+    if stats != meta.get("output_stats"):
+        meta["output_stats"] = stats
+        try:
+            atomic_write_json(folder / META, meta)
+        except OSError:  # a read-only copy of a run: the check still holds, only slower next time
+            pass
 
 
 @dataclass
@@ -139,7 +175,11 @@ class Runner:
               extra_key: Any = None, code: tuple = ()) -> StageResult:
         """Run `fn` into a fresh folder unless a finished folder with the same key exists.
 
-        `code`: modules (or functions) the stage calls whose source belongs in the key."""
+        The key covers the import closure of `fn`'s file inside the project (pipeline.code_closure).
+        `code`: extra modules, functions or files the stage uses that imports do not show (a backend
+        picked from the registry at run time, data files); each adds its own closure.
+        A finished folder is reused only when its outputs still match meta.json; otherwise the stage
+        reruns and says why in one line."""
         inputs = inputs or {}
         key_parts = {
             "stage": name,
@@ -153,11 +193,21 @@ class Runner:
         final = self.stages_dir / name / key[:16]
         label = label or name
         meta_path = final / META
+        rerun_reason = None
         if meta_path.is_file():
-            meta = json.loads(meta_path.read_text())
-            rec = self._record(name, label, key, final, meta, cached=True, seconds=0.0)
-            self._say(f"[dim]✓ {{label}}{' ' * max(0, 32 - len(label))} cached[/dim]", label)
-            return rec
+            try:
+                meta = json.loads(meta_path.read_text())
+                rerun_reason = outputs_problem(final, meta) if isinstance(meta, dict) else "meta.json is not an object"
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                rerun_reason = f"meta.json is unreadable ({type(e).__name__})"
+            if rerun_reason is None:
+                _refresh_output_stats(final, meta)
+                rec = self._record(name, label, key, final, meta, cached=True, seconds=0.0)
+                self._say(f"[dim]✓ {{label}}{' ' * max(0, 32 - len(label))} cached[/dim]", label)
+                return rec
+            from rich.markup import escape
+
+            self._say(f"[yellow]↻ {{label}}: cached output {escape(rerun_reason)}; rerunning[/yellow]", label)
         self._say("[bold]→ {label}[/bold]", label)
         t0 = time.perf_counter()
         with atomic_dir(final) as tmp:
@@ -174,11 +224,14 @@ class Runner:
                 "key_parts": key_parts,
                 "outputs": outputs,
                 "outputs_sha256": sha256_json(outputs),
+                "output_stats": output_stats(tmp, outputs),
                 "metrics": ctx.metrics,
                 "notes": ctx.notes,
                 "seconds": round(time.perf_counter() - t0, 3),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
+            if rerun_reason:
+                meta["rerun_reason"] = rerun_reason
             atomic_write_json(tmp / META, meta)
         seconds = time.perf_counter() - t0
         self._say(f"[green]✓ {{label}}{' ' * max(0, 32 - len(label))} {seconds:6.1f} s[/green]", label)

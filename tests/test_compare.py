@@ -217,3 +217,158 @@ def test_parse_fraction():
     for bad in ("10", "-1%", "abc"):
         with pytest.raises(Exception):
             cmp.parse_fraction(bad)
+
+
+# --------------------------------------------------------------------------- normalised by the reference kernel
+
+RUNTIMES = {"onnxruntime": "1.0"}
+
+
+def _with_reference(report: dict, int8_ms: float, fp32_ms: float, *, cpu: str = "Test CPU", runtimes=None) -> dict:
+    """A report measured on `cpu` whose reference kernel took int8_ms / fp32_ms (per call, 2 threads)."""
+    r = copy.deepcopy(report)
+    r["environment"].update(cpu_model=cpu, runtimes=runtimes or dict(RUNTIMES))
+    r["reference_kernel"] = {"version": "1", "shape_mkn": [256, 256, 256], "runtime": "onnxruntime",
+                             "by_threads": {"2": {"int8_gemm_ms": int8_ms, "fp32_gemm_ms": fp32_ms,
+                                                  "int8_gemm_cv": 0.0, "fp32_gemm_cv": 0.0}}}
+    return r
+
+
+def _precision(report: dict, name: str, precision: str) -> dict:
+    for c in report["cases"]:
+        if c["name"] == name:
+            c["precision"] = precision
+    return report
+
+
+@pytest.fixture
+def ref_base(base) -> dict:
+    return _precision(_with_reference(base, 0.1, 0.3), "resnet-int8-ov", "int8")
+
+
+def test_a_slower_host_passes_when_normalised(ref_base):
+    """Another CPU, everything twice as slow (the models and the reference kernel): no regression."""
+    new = _with_reference(_scale_p50(_scale_p50(ref_base, "resnet-int8-ov", 2.0), "resnet-fp32-ort", 2.0),
+                          0.2, 0.6, cpu="Other CPU")
+    r = cmp.compare_reports(new, ref_base, max_regression=0.10)
+    assert not r.failed, [c.messages for c in r.cases]
+    assert {c.basis for c in r.cases} == {"normalised"}
+    assert all(c.ratio == pytest.approx(1.0) and c.abs_ratio == pytest.approx(2.0) for c in r.cases)
+    text = " ".join(r.basis_lines)
+    assert "normalised by the reference kernel" in text and "not gated" in text and "cpu_model" in text
+
+
+def test_a_slower_model_fails_when_normalised_on_any_host(ref_base):
+    """The int8 model twice as slow while the int8 GEMM took the same time: a regression, also on another host."""
+    new = _with_reference(_scale_p50(ref_base, "resnet-int8-ov", 2.0), 0.1, 0.3, cpu="Other CPU")
+    r = cmp.compare_reports(new, ref_base, max_regression=0.10)
+    assert [c.name for c in r.regressions] == ["resnet-int8-ov"]
+    assert "reference kernel" in r.regressions[0].messages[0]
+    # the int8 case is normalised by the int8 GEMM, the fp32 case by the fp32 GEMM
+    new = _with_reference(ref_base, 0.05, 0.3, cpu="Other CPU")  # only the int8 GEMM got faster
+    r = cmp.compare_reports(new, ref_base, max_regression=0.10)
+    assert [c.name for c in r.regressions] == ["resnet-int8-ov"] and r.regressions[0].ratio == pytest.approx(2.0)
+
+
+def test_same_host_gates_the_absolute_figure_too(ref_base):
+    """Same fingerprint: a uniformly slower session passes the normalised check but not the absolute one."""
+    new = _with_reference(_scale_p50(ref_base, "resnet-fp32-ort", 2.0), 0.2, 0.6)
+    r = cmp.compare_reports(new, ref_base, max_regression=0.10)
+    c = next(c for c in r.cases if c.name == "resnet-fp32-ort")
+    assert c.basis == "normalised+absolute" and c.ratio == pytest.approx(1.0) and c.failed
+    assert "same host" in c.messages[0]
+    assert any("absolute p50 gated too" in line for line in r.basis_lines)
+    # another runtime version is another fingerprint: absolute not gated
+    other = _with_reference(_scale_p50(ref_base, "resnet-fp32-ort", 2.0), 0.2, 0.6, runtimes={"onnxruntime": "2.0"})
+    assert not cmp.compare_reports(other, ref_base, max_regression=0.10).failed
+
+
+def test_without_a_reference_kernel_the_absolute_figure_is_gated_and_said(base, ref_base):
+    r = cmp.compare_reports(_scale_p50(ref_base, "resnet-fp32-ort", 2.0), base, max_regression=0.10)
+    assert {c.basis for c in r.cases} == {"absolute"} and r.failed
+    assert any("no reference kernel in the baseline" in line for line in r.basis_lines)
+    md = cmp.to_markdown(r)
+    assert "| absolute |" in md and "no reference kernel in the baseline" in md
+
+
+def test_cli_prints_the_basis(ref_base, tmp_path):
+    new = _with_reference(ref_base, 0.1, 0.3, cpu="Other CPU")
+    p = _cli(str(_write(tmp_path, "new.json", new)), str(_write(tmp_path, "base.json", ref_base)))
+    assert p.returncode == 0, p.stderr
+    assert "basis: latency gated on p50 normalised by the reference kernel" in p.stdout
+    assert "(limit" in p.stdout and "normalised)" in p.stdout
+
+
+def test_reference_kernel_child_times_both_gemms():
+    from pipeline import reference_kernel
+
+    rec = reference_kernel.Recorder([1, None])  # None (runtime default) is timed as 1 thread
+    rec.measure_once()
+    rec.measure_once()
+    doc = rec.record()
+    by = doc["by_threads"]["1"]
+    assert list(doc["by_threads"]) == ["1"] and len(by["children"]) == 2
+    assert by["int8_gemm_ms"] > 0 and by["fp32_gemm_ms"] > 0 and doc["shape_mkn"] == list(reference_kernel.SHAPE)
+    assert all(c["int8_gemm_iterations"] >= reference_kernel.MIN_ITERS for c in by["children"])
+
+
+# --------------------------------------------------------------------------- refreshing a baseline
+
+
+def _suite_with_baseline_at(tmp_path: Path, baseline: Path) -> Path:
+    import yaml
+
+    doc = yaml.safe_load((REPO / "benchmarks" / "suites" / "ci.yaml").read_text())
+    for h in doc["hosts"].values():
+        h["baseline"] = str(baseline)
+    p = tmp_path / "suite.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def test_refresh_refuses_a_busy_machine_and_stores_relative_paths(ref_base, tmp_path):
+    work = tmp_path / "work"
+    (work / "run").mkdir(parents=True)
+    busy = copy.deepcopy(ref_base)
+    busy["environment"].update(load_average_1m=5.2, logical_cores=2, usable_cores=2)
+    for c in busy["cases"]:
+        c["artifact"] = str(work / "run" / "stages" / "export" / "abc" / f"{c['name']}.onnx")
+        for r in c["repeats"]:
+            r["model"]["path"] = c["artifact"]
+    report = _write(work, "bench.json", busy)
+    baseline = tmp_path / "baseline.json"
+    suite = _suite_with_baseline_at(tmp_path, baseline)
+    cmd = [sys.executable, "benchmarks/refresh_baselines.py", "--suite", str(suite), "--host", "x86-host",
+           "--from-report", str(report)]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "load average 4.2 on 2 cores" in p.stderr and "--force" in p.stderr and not baseline.exists()
+    p = subprocess.run([*cmd, "--force"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(baseline.read_text())
+    assert doc["baseline"]["load"]["forced"] is True and doc["baseline"]["load"]["load_average_1m"] == 4.2
+    assert "--force" in doc["baseline"]["command"]
+    strings = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            [walk(v) for v in x.values()]
+        elif isinstance(x, list):
+            [walk(v) for v in x]
+        elif isinstance(x, str):
+            strings.append(x)
+
+    walk(doc)
+    assert not [s for s in strings if s.startswith("/") or str(tmp_path) in s]
+    assert doc["cases"][0]["artifact"] == f"run/stages/export/abc/{doc['cases'][0]['name']}.onnx"
+    assert doc["reference_kernel"]["by_threads"]["2"]["int8_gemm_ms"] == 0.1
+
+
+def test_refresh_load_rule():
+    from benchmarks.refresh_baselines import load_problem, refuse_or_note
+    from pipeline.errors import GateError
+
+    assert load_problem(1.0, 2, "now") is None and load_problem(1.01, 2, "now")["limit"] == 1.0
+    with pytest.raises(GateError, match="half the cores"):
+        refuse_or_note(load_problem(3.0, 4, "before measuring"), force=False)
+    assert refuse_or_note(load_problem(3.0, 4, "before measuring"), force=True)["forced"] is True

@@ -69,11 +69,15 @@ def test_import_matching_result_adds_device_measured(run_copy, ort_result):
     others = [x for x in after["artifacts"] if x["name"] != "onnxruntime:int8"]
     assert others == [x for x in before["artifacts"] if x["name"] != "onnxruntime:int8"]
     assert after["device_results"][-1]["artifact"] == "onnxruntime:int8"
-    assert not list(run_copy.glob("run.json.tmp-*")), "no temporary left behind"
-    # an explicit matching --target (alias) works too, and a second import replaces the device figure
+    assert not list(run_copy.glob("*.tmp-*")), "no temporary left behind"
+    stored = json.loads((run_copy / "device_results.json").read_text())["results"]
+    assert [r["artifact"] for r in stored] == ["onnxruntime:int8"] and stored[0]["latency_ms"]["p50"] == dev["p50"]
+    # an explicit matching --target (alias) works too; the same model on the same profile replaces the record
     p = importing(run_copy, ort_result, "--target", "onnxruntime", "--device", DEVICE)
     assert p.returncode == 0, p.stderr
-    assert len(read_run(run_copy)["device_results"]) == 2
+    assert len(read_run(run_copy)["device_results"]) == 1
+    stored = json.loads((run_copy / "device_results.json").read_text())["results"]
+    assert len(stored) == 1 and len(stored[0]["replaces"]) == 1
 
 
 def test_wrong_sha256_is_refused(run_copy, ort_result, tmp_path):
@@ -124,16 +128,23 @@ def test_not_device_measured_or_invalid_is_refused(run_copy, ort_result, tmp_pat
     assert (run_copy / "run.json").read_bytes() == before
 
 
-def test_shared_model_needs_target_and_report_form(fast_run, run_copy, tmp_path):
-    """The FP32 student is an artifact of every target: --target picks one. A harness report imports too."""
+@pytest.fixture(scope="module")
+def student_report(fast_run, tmp_path_factory) -> Path:
+    """A harness report (device-measured label, timed on this x86-64 host) of the FP32 student ONNX."""
     export = next(fast_run / s["dir"] for s in read_run(fast_run)["stages"] if s["stage"] == "export")
     model = export / "model.onnx"
     assert artifact(read_run(fast_run), "student")["sha256"] == sha256_file(model)
-    report = tmp_path / "report.json"
+    report = tmp_path_factory.mktemp("harness") / "report.json"
     p = subprocess.run([sys.executable, "-B", "-m", "pipeline.measure.harness", str(model), "--repeats", "1", *QUICK[:-1],
                         "--source", "device-measured", "--no-baseline", "--no-progress", "--json", str(report)],
                        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert p.returncode == 0, p.stderr[-2000:]
+    return report
+
+
+def test_shared_model_needs_target_and_report_form(run_copy, student_report):
+    """The FP32 student is an artifact of every target: --target picks one. A harness report imports too."""
+    report = student_report
     p = importing(run_copy, report)
     assert p.returncode == 2 and "several targets" in p.stderr and "--target" in p.stderr, p.stderr
     p = importing(run_copy, report, "--target", "onnxruntime", "--device", DEVICE)
@@ -158,8 +169,8 @@ def _engine_record(bundle: Path) -> dict:
     return {"kind": "engine-result", "runtime": "tensorrt", "runtime_version": "10.3.0", "batch": 1,
             "iterations": 200, "latency_ms": {"min": 0.2, "p50": 0.25, "p90": 0.3, "p99": 0.4, "mean": 0.26,
                                               "std": 0.01, "cv": 0.04},
-            "plan": "model.plan", "device_model": "test fixture (parser input)", "source": "device-measured",
-            "source_model": src}
+            "plan": "model.plan", "device_model": "test fixture (parser input)", "machine": "aarch64",
+            "source": "device-measured", "source_model": src}
 
 
 def test_tensorrt_engine_record_is_tied_to_the_qdq_onnx(run_copy, tmp_path):
@@ -177,3 +188,57 @@ def test_tensorrt_engine_record_is_tied_to_the_qdq_onnx(run_copy, tmp_path):
     f.write_text(json.dumps(rec))
     bad = run_cli("import-results", str(run_copy), str(f))
     assert bad.returncode == 2 and "refusing to import" in bad.stderr
+
+
+def test_result_from_another_architecture_needs_force(run_copy, student_report):
+    """A result timed on this x86-64 host is not a Jetson (aarch64) figure: refused, or imported with a note."""
+    before = (run_copy / "run.json").read_bytes()
+    p = importing(run_copy, student_report, "--target", "jetson", "--device", DEVICE)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "x86_64" in p.stderr and "aarch64" in p.stderr and "--force" in p.stderr and "Traceback" not in p.stderr
+    assert (run_copy / "run.json").read_bytes() == before and not (run_copy / "device_results.json").exists()
+    p = importing(run_copy, student_report, "--target", "jetson", "--device", DEVICE, "--force")
+    assert p.returncode == 0, p.stderr
+    a = artifact(read_run(run_copy), "jetson-orin-nano:fp32")
+    assert "--force" in a["device_latency_ms"]["note"] and "x86_64" in a["device_latency_ms"]["note"]
+    rec = json.loads((run_copy / "device_results.json").read_text())["results"][0]
+    assert rec["machine"] == "x86_64" and "--force" in rec["notes"][0]
+
+
+def test_device_results_survive_a_cached_rerun_and_show_in_the_report(fast_run, ort_result, tmp_path):
+    """run.json is rebuilt by every run; the imported results come back from device_results.json."""
+    from conftest import fast_args, run_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(fast_run, run, symlinks=True)
+    p = importing(run, ort_result, "--device", DEVICE)
+    assert p.returncode == 0, p.stderr
+    p = run_cli("run", "--target", "onnxruntime", "--target", "jetson", "--out", str(run), *fast_args())
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    summary = read_run(run)
+    assert all(s["cached"] for s in summary["stages"]), [s["name"] for s in summary["stages"] if not s["cached"]]
+    a = artifact(summary, "onnxruntime:int8")
+    assert a["device_latency_ms"]["source"] == "device-measured" and a["device_latency_ms"]["device"] == DEVICE
+    assert a["latency_ms"]["source"] == "measured", "the host figure is kept beside it"
+    assert [r["artifact"] for r in summary["device_results"]] == ["onnxruntime:int8"]
+    md = (run / "report.md").read_text()
+    section = md.split("## Device-measured results", 1)[1].split("\n## ", 1)[0]
+    assert "onnxruntime:int8" in section and "device-measured" in section and DEVICE in section
+    # `report` alone merges them too (run.json without them, e.g. written by an older version)
+    stripped = {k: v for k, v in summary.items() if not k.startswith("device_results")}
+    stripped["artifacts"] = [{k: v for k, v in x.items() if not k.startswith("device_")} for x in summary["artifacts"]]
+    (run / "run.json").write_text(json.dumps(stripped))
+    (run / "report.md").unlink()
+    p = run_cli("report", str(run))
+    assert p.returncode == 0, p.stderr
+    assert "## Device-measured results" in (run / "report.md").read_text()
+    # `bench` of the run shows the device figure beside the host measurement, and times the reference kernel
+    p = run_cli("bench", str(run), "--only", "onnxruntime:int8", "--repeats", "1", "--warmup", "2", "--min-iters",
+                "20", "--min-time", "0.05", "--json", str(tmp_path / "bench.json"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    case = next(c for c in report["cases"] if c["name"].startswith("onnxruntime:int8"))
+    assert case["device_measured"]["source"] == "device-measured" and case["device_measured"]["device"] == DEVICE
+    assert case["source"] == "measured" and "device-measured p50" in p.stdout
+    ref = report["reference_kernel"]["by_threads"][str(case["threads"] or 1)]
+    assert ref["int8_gemm_ms"] > 0 and len(ref["children"]) == 2, "one child before, one after the cases"

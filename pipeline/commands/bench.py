@@ -36,7 +36,7 @@ SOURCES = ("measured", "host-measured", "device-measured")
 _TRT_NOTE = ("ONNX Runtime CPU on the TensorRT QDQ ONNX (reference numerics): not a TensorRT figure; the engine "
              "is built and timed on the device")
 # Keys of a planned case that are not bench_case arguments (added to the case after measuring).
-_EXTRA_KEYS = ("notes", "artifact_label", "accuracy_samples")
+_EXTRA_KEYS = ("notes", "artifact_label", "accuracy_samples", "device_measured")
 
 
 @dataclass
@@ -141,7 +141,9 @@ def plan_run(run_dir: Path, settings: Settings) -> Plan:
 
     run_json = run_dir / "run.json"
     try:
-        run = json.loads(run_json.read_text())
+        from pipeline.device_results import merge_into
+
+        run = merge_into(json.loads(run_json.read_text()), run_dir)  # with the imported device results
         artifacts = run["artifacts"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"{run_json}: not a readable run summary ({e})",
@@ -192,8 +194,10 @@ def plan_run(run_dir: Path, settings: Settings) -> Plan:
             who = {"teacher": "PyTorch", "student": "onnxruntime on the FP32 ONNX"}.get(a.get("role"),
                                                                                      a.get("numerics") or runtime)
             acc_source = f"run.json: {who}, test split"
+        dev = a.get("device_latency_ms") if isinstance(a.get("device_latency_ms"), dict) else None
         for b in batches:
             cases.append({
+                "device_measured": dev if dev and dev.get("batch") in (None, b) else None,
                 "model_path": str(model), "name": _case_name(name, b), "batch": b, "threads": threads,
                 "precision_hint": hint, "precision": a.get("precision"),
                 "source": settings.source or host_source(backend),
@@ -344,6 +348,8 @@ def _finish_case(case: dict, spec: dict) -> dict:
     notes = list(spec.get("notes") or []) + list(case.get("notes") or [])
     if notes:
         case["notes"] = list(dict.fromkeys(notes))
+    if spec.get("device_measured"):  # imported earlier (import-results): shown beside the host figure
+        case["device_measured"] = spec["device_measured"]
     if case.get("accuracy") and spec.get("accuracy_samples"):
         case["accuracy"]["samples"] = int(spec["accuracy_samples"])
         case["accuracy"].setdefault("metric", "top-1")
@@ -360,8 +366,14 @@ def execute(plan: Plan, *, repeats: int = 3, protocol: dict | None = None, progr
             if progress:
                 print(msg, file=sys.stderr, flush=True)
 
+        from pipeline.reference_kernel import Recorder
+
+        reference = Recorder([s.get("threads") for s in plan.cases])
+        reference.measure_once()  # before and after the cases (needs ONNX Runtime; else recorded as unavailable)
         cases = [_bench_with_script(s, plan.bench_py, repeats, protocol, say) for s in plan.cases]
+        reference.measure_once()
         report = harness.make_report(cases)
+        report["reference_kernel"] = reference.record()
     else:
         specs = [{k: v for k, v in s.items() if k not in _EXTRA_KEYS} for s in plan.cases]
         report = harness.bench_many(specs, progress=progress, repeats=repeats, **protocol)
@@ -428,6 +440,11 @@ def print_report(report: dict, console) -> None:
         console.print(f"note ({', '.join(names)}): {n}", markup=False, highlight=False)
     for s in report.get("skipped") or []:
         console.print(f"skipped {s['name']}: {s['reason']}", markup=False, highlight=False)
+    for c in report["cases"]:
+        d = c.get("device_measured")
+        if d:
+            console.print(f"{c['name']}: device-measured p50 {d.get('p50')} ms on {d.get('device')} "
+                          f"({d.get('runtime')}, imported {d.get('imported_at')})", markup=False, highlight=False)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -1,5 +1,8 @@
 """`python -m pipeline compare NEW.json BASELINE.json`: the CI gate, a thin wrapper over pipeline/measure/compare.py.
 
+Latency is gated normalised by the reference kernel both reports carry (an int8 and an fp32 GEMM timed with
+the cases), plus the absolute p50 when the host fingerprint matches; the output says which ("basis").
+
     python -m pipeline compare bench.json benchmarks/baselines/x86-host.json --max-regression 10% \
         --max-accuracy-drop 0.01 --markdown "$GITHUB_STEP_SUMMARY" --junit compare.xml
 
@@ -31,8 +34,8 @@ def print_result(result, console) -> None:
 
     table = Table(title=result.summary())
     for col, just in (("case", "left"), ("runtime", "left"), ("batch", "right"), ("base p50 ms", "right"),
-                      ("new p50 ms", "right"), ("change", "right"), ("limit", "right"), ("accuracy base → new", "left"),
-                      ("status", "left")):
+                      ("new p50 ms", "right"), ("change", "right"), ("limit", "right"), ("basis", "left"),
+                      ("accuracy base → new", "left"), ("status", "left")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]  # "left"/"right" literals
     f = lambda v, fmt="{:.4g}": "—" if v is None else fmt.format(v)  # noqa: E731
     style = {"regression": "red", "improved": "green", "ok": "", "missing": "yellow", "incomparable": "yellow"}
@@ -42,12 +45,14 @@ def print_result(result, console) -> None:
         st = style.get(c.status, "")
         table.add_row(escape(c.name), c.runtime or "—", f(c.batch, "{}"), f(c.base_p50), f(c.new_p50),
                       "—" if c.ratio is None else f"{(c.ratio - 1) * 100:+.1f}%",
-                      "—" if c.limit_ratio is None else f"+{(c.limit_ratio - 1) * 100:.1f}%", acc,
+                      "—" if c.limit_ratio is None else f"+{(c.limit_ratio - 1) * 100:.1f}%", c.basis or "—", acc,
                       f"[{st}]{c.status}[/{st}]" if st else c.status)
     console.print(table)
     for c in result.cases:
         for m in c.messages:
             console.print(f"{c.status} {c.name}: {m}", markup=False, highlight=False)
+    for line in result.basis_lines:  # which latency was gated: normalised by the reference kernel, absolute
+        console.print(f"basis: {line}", markup=False, highlight=False)
     for w in result.warnings:
         console.print(f"warning: {w}", markup=False, highlight=False)
     console.print(result.summary(), markup=False, highlight=False)

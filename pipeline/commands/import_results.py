@@ -11,13 +11,19 @@ hashes OpenVINO IR as .xml + .bin; that digest is recomputed from the bundle): a
 one of the run's artifacts (for --target, one of that target's) is refused, so timings of another model are
 never merged. Figures must say `source: device-measured`.
 
-What is written (run.json is rewritten atomically; host figures are never touched):
+The machine architecture the result records (`environment.machine` of bench.py / the harness, `machine` of
+bench_engine.py) must be the profile's `cpu_arch`: a result from another kind of machine is refused unless
+`--force`, which records a note on the result.
+
+What is written: RUN_DIR/device_results.json (pipeline/device_results.py; atomic; one record per model sha256,
+profile and batch, a later import replaces an earlier one), then run.json with the results laid over it, as every
+later `run`, `report` and `bench` does (host figures are never touched):
     artifacts[i]["device_latency_ms"] = {p50, p90, p99, min, mean, cv, iterations, batch, threads, runtime,
                                          runtime_version, device, source: "device-measured", imported_at, file}
     artifacts[i]["device_peak_rss_mb"] = {value, method, source: "device-measured", device}
-    run["device_results"] += [{artifact, target, sha256, device, imported_at, file, file_sha256}]
+    run["device_results"] = [{artifact, target, sha256, device, imported_at, file, file_sha256, ...}]
 
-Exit codes: 0 merged, 2 unreadable/invalid file, no matching artifact, wrong source or bad RUN_DIR.
+Exit codes: 0 merged, 2 unreadable/invalid file, no matching artifact, wrong source or architecture, bad RUN_DIR.
 """
 from __future__ import annotations
 
@@ -40,6 +46,8 @@ def add_parser(sub) -> None:
     p.add_argument("--target", default=None, help="profile name or alias the result belongs to (default: found "
                                                   "from the model's sha256)")
     p.add_argument("--device", default=None, help="device name to record (default: the result's board / CPU)")
+    p.add_argument("--force", action="store_true", help="import a result whose machine architecture is not the "
+                                                        "profile's cpu_arch (or is not recorded); a note says so")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_import_results)
 
@@ -118,7 +126,7 @@ def entries(doc: dict, device: str | None) -> list[dict]:
                     "latency": {k: lat.get(k) for k in ("p50", "p90", "p99", "min", "mean", "cv")},
                     "rss": {"value": None, "method": "not measured by bench_engine.py", "baseline_subtracted": False},
                     "device": device or doc.get("device_model") or doc.get("device") or "unknown device",
-                    "created": doc.get("timestamp")})
+                    "machine": doc.get("machine"), "created": doc.get("timestamp")})
         return out
     if doc["kind"] == "case-result":
         model = doc.get("model") or {}
@@ -134,7 +142,8 @@ def entries(doc: dict, device: str | None) -> list[dict]:
                     "rss": {"value": doc["peak_rss_mb"], "method": doc.get("peak_rss_method", "self-reported"),
                             "baseline_subtracted": False,
                             "note": "peak of the whole bench.py process (interpreter, numpy, runtime and model)"},
-                    "device": _device_name(doc.get("environment"), device), "created": doc.get("created")})
+                    "device": _device_name(doc.get("environment"), device),
+                    "machine": (doc.get("environment") or {}).get("machine"), "created": doc.get("created")})
     else:
         env = doc.get("environment")
         if not doc["cases"]:
@@ -150,7 +159,8 @@ def entries(doc: dict, device: str | None) -> list[dict]:
                         | {"cv": lat.get("cv_between_repeats")},
                         "rss": {"value": rss.get("value") if rss.get("value") is not None else rss.get("absolute_mb"),
                                 "method": rss.get("method"), "baseline_subtracted": rss.get("value") is not None},
-                        "device": _device_name(env, device), "created": doc.get("created")})
+                        "device": _device_name(env, device), "machine": (env or {}).get("machine"),
+                        "created": doc.get("created")})
     return out
 
 
@@ -219,9 +229,48 @@ def match(run: dict, entry: dict, target: str | None) -> int:
 # the command
 
 
+def profile_arch(run: dict, target: str | None) -> str | None:
+    """The cpu_arch of `target`'s profile: run.json's record, else the profile of that name here."""
+    if not target:
+        return None
+    arch = ((run.get("targets") or {}).get(target) or {}).get("cpu_arch")
+    if arch:
+        return arch
+    try:
+        from targets.profiles import resolve_profile
+
+        return resolve_profile(target).cpu_arch
+    except Exception:  # a custom profile file that is not here: unknown
+        return None
+
+
+def arch_note(run: dict, entry: dict, target: str | None, force: bool) -> str | None:
+    """None when the result's machine is the profile's cpu_arch; a note when --force lets a mismatch in;
+    ConfigError (exit 2) otherwise."""
+    from pipeline.device_results import normalise_arch
+
+    got, want = normalise_arch(entry.get("machine")), profile_arch(run, target)
+    if got and want and got == want:
+        return None
+    if not got:
+        why = "the result does not record the machine architecture it ran on"
+    elif not want:
+        why = f"the cpu_arch of profile {target} is not known here (the result ran on {got})"
+    else:
+        why = f"the result ran on a {got} machine, profile {target} is {want}"
+    if force:
+        return f"imported with --force: {why}"
+    raise ConfigError(f"refusing to import {entry['name']}: {why}; a figure from another kind of machine is not "
+                      "this device's latency",
+                      hint="import the result measured on the device of that profile (or pass --force to import it "
+                           "anyway, with a note)")
+
+
 def import_results(run_dir: str | Path, result_path: str | Path, target: str | None = None,
-                   device: str | None = None) -> list[dict]:
-    """Merge `result_path` into RUN_DIR/run.json; return the records added to run["device_results"]."""
+                   device: str | None = None, force: bool = False) -> list[dict]:
+    """Store `result_path`'s figures in RUN_DIR/device_results.json and lay them over run.json; return the
+    records added."""
+    from pipeline import device_results
     from pipeline.artifacts import atomic_write_json, sha256_file
 
     run_dir, result_path = Path(run_dir), Path(result_path)
@@ -236,31 +285,36 @@ def import_results(run_dir: str | Path, result_path: str | Path, target: str | N
                             hint="run bench.py on the device with --source device-measured (host figures are "
                                  "already in run.json)")
     matched = [(match(run, e, want), e) for e in items]  # every entry must match before anything is written
+    notes = [arch_note(run, e, run["artifacts"][idx].get("target"), force) for idx, e in matched]
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     file_sha = sha256_file(result_path)
     added = []
-    for idx, e in matched:
+    for (idx, e), note in zip(matched, notes):
         a = run["artifacts"][idx]
-        a["device_latency_ms"] = {**e["latency"], "iterations": e["iterations"], "stable": e["stable"],
-                                  "batch": e["batch"], "threads": e["threads"], "runtime": e["runtime"],
-                                  "runtime_version": e["runtime_version"], "device": e["device"],
-                                  "source": "device-measured", "measured_at": e["created"], "imported_at": now,
-                                  "file": result_path.name}
+        latency = {**e["latency"], "iterations": e["iterations"], "stable": e["stable"], "batch": e["batch"],
+                   "threads": e["threads"], "runtime": e["runtime"], "runtime_version": e["runtime_version"],
+                   "device": e["device"], "source": "device-measured", "measured_at": e["created"],
+                   "imported_at": now, "file": result_path.name}
+        rss = None
         if e["rss"]["value"] is not None:
-            a["device_peak_rss_mb"] = {**{k: v for k, v in e["rss"].items() if v is not None},
-                                       "source": "device-measured", "device": e["device"]}
-        rec = {"artifact": a["name"], "target": a.get("target"), "sha256": e["sha256"], "device": e["device"],
-               "runtime": e["runtime"], "p50_ms": e["latency"]["p50"], "imported_at": now,
-               "file": str(result_path), "file_sha256": file_sha}
-        run.setdefault("device_results", []).append(rec)
-        added.append(rec)
-    atomic_write_json(run_dir / "run.json", run)
+            rss = {**{k: v for k, v in e["rss"].items() if v is not None}, "source": "device-measured",
+                   "device": e["device"]}
+        if note:
+            latency["note"] = note
+        added.append({"artifact": a["name"], "artifact_sha256": a.get("sha256"), "target": a.get("target"),
+                      "sha256": e["sha256"], "device": e["device"], "machine": e.get("machine"),
+                      "runtime": e["runtime"], "p50_ms": e["latency"]["p50"], "imported_at": now,
+                      "file": result_path.name, "file_sha256": file_sha, "notes": [note] if note else [],
+                      "latency_ms": latency, "peak_rss_mb": rss})
+    device_results.add(run_dir, added)
+    atomic_write_json(run_dir / "run.json", device_results.merge_into(run, run_dir))
     return added
 
 
 def cmd_import_results(args) -> int:
-    added = import_results(args.run_dir, args.result, args.target, args.device)
+    added = import_results(args.run_dir, args.result, args.target, args.device, force=args.force)
     for r in added:
-        print(f"imported {r['artifact']}: p50 {r['p50_ms']} ms on {r['device']} ({r['runtime']}, device-measured)")
-    print(f"run.json updated: {Path(args.run_dir) / 'run.json'}")
+        print(f"imported {r['artifact']}: p50 {r['p50_ms']} ms on {r['device']} ({r['runtime']}, device-measured)"
+              + (f"; note: {r['notes'][0]}" if r["notes"] else ""))
+    print(f"stored in {Path(args.run_dir) / 'device_results.json'}; run.json updated")
     return 0

@@ -13,6 +13,16 @@ Cases are matched by name. For each case present in both reports:
   which only matters for short runs. p50 is the median of the repeats' medians (harness).
 * accuracy regression when  new.accuracy < base.accuracy - max_accuracy_drop   (both have accuracy)
 
+Which latency is gated (the "basis", printed per case and in one line of the summary):
+* "normalised" when both reports carry a reference kernel (pipeline/reference_kernel.py: an int8 GEMM and
+  an fp32 GEMM of fixed size, timed in fresh children before and after the cases): the case's p50 divided by
+  the reference time of the same arithmetic (int8 cases by the int8 GEMM, others by the fp32 GEMM) at the
+  case's thread count. This ratio survives a change of CPU or of background load much better than
+  milliseconds do; the reference kernel's spread between its children is added to the noise.
+* "+absolute" when, in addition, the host fingerprint matches (CPU model, logical cores, runtime versions):
+  the absolute p50 is gated too, and either regressing fails the case.
+* "absolute" when a report has no reference kernel (older baselines): milliseconds only, as before.
+
 Cases only in the baseline are "missing" (a failure only with --fail-on-missing), cases only in the new
 report are "new". Cases whose batch, threads, runtime or source differ are "incomparable" (a warning).
 Exit codes: 0 no regression, 1 regression, 2 unreadable or invalid input (one line on stderr).
@@ -50,6 +60,9 @@ class CaseComparison:
     base_accuracy: float | None = None
     new_accuracy: float | None = None
     messages: list[str] = field(default_factory=list)
+    basis: str | None = None  # normalised | normalised+absolute | absolute (what the latency gate used)
+    abs_ratio: float | None = None  # new_p50 / base_p50 in milliseconds, whatever the basis
+    abs_limit: float | None = None
 
     @property
     def failed(self) -> bool:
@@ -64,6 +77,7 @@ class CompareResult:
     noise_factor: float = 1.0
     fail_on_missing: bool = False
     warnings: list[str] = field(default_factory=list)
+    basis_lines: list[str] = field(default_factory=list)  # which latency was gated, and why
 
     @property
     def regressions(self) -> list[CaseComparison]:
@@ -105,6 +119,28 @@ def case_noise(case: dict) -> float:
     return max(between, se)
 
 
+FINGERPRINT_KEYS = ("cpu_model", "logical_cores", "runtimes")
+
+
+def host_fingerprint_diff(env_new: dict, env_base: dict) -> list[str]:
+    """What differs between two hosts' fingerprints (CPU model, logical cores, runtime versions); [] = same.
+    A key missing from either report counts as a difference: an unknown host is not the same host."""
+    return [f"{k} {env_base.get(k)!r} (baseline) vs {env_new.get(k)!r} (new)" for k in FINGERPRINT_KEYS
+            if env_new.get(k) is None or env_new.get(k) != env_base.get(k)]
+
+
+def reference_for(report: dict, case: dict) -> tuple[float, float] | None:
+    """(reference ms, its spread) for `case`: the int8 GEMM for int8 cases, else the fp32 GEMM, at the case's
+    threads; None when the report has no usable reference kernel."""
+    ref = report.get("reference_kernel") or {}
+    by = (ref.get("by_threads") or {}).get(str(case.get("threads") or 1)) or {}
+    kind = "int8_gemm" if str(case.get("precision") or "").startswith("int8") else "fp32_gemm"
+    ms = by.get(f"{kind}_ms")
+    if not isinstance(ms, (int, float)) or ms <= 0:
+        return None
+    return float(ms), float(by.get(f"{kind}_cv") or 0.0)
+
+
 def _acc(case: dict) -> float | None:
     a = case.get("accuracy")
     if isinstance(a, dict):
@@ -132,6 +168,10 @@ def compare_reports(
     for key in ("cpu_model", "board", "logical_cores"):
         if key in env_n and key in env_b and env_n[key] != env_b[key]:
             result.warnings.append(f"environment differs: {key} {env_b[key]!r} (baseline) vs {env_n[key]!r} (new)")
+    host_diff = host_fingerprint_diff(env_n, env_b)
+    ref_versions = {(new.get("reference_kernel") or {}).get("version"),
+                    (baseline.get("reference_kernel") or {}).get("version")}
+    same_kernel = len(ref_versions) == 1 and None not in ref_versions
 
     for name, b in base_cases.items():
         n = new_cases.get(name)
@@ -150,18 +190,7 @@ def compare_reports(
             cc.status = "incomparable"
             cc.messages.append("settings differ: " + ", ".join(f"{k} {b.get(k)!r} -> {n.get(k)!r}" for k in diffs))
         else:
-            cc.noise = max(case_noise(n), case_noise(b))
-            cc.limit_ratio = 1.0 + max_regression + noise_factor * cc.noise
-            if cc.base_p50 and cc.base_p50 > 0 and cc.new_p50 is not None:
-                cc.ratio = cc.new_p50 / cc.base_p50
-                if cc.new_p50 > cc.base_p50 * cc.limit_ratio:
-                    cc.latency_regression = True
-                    cc.messages.append(
-                        f"p50 {cc.new_p50:.4g} ms is {cc.ratio:.2f}x the baseline {cc.base_p50:.4g} ms "
-                        f"(limit {cc.limit_ratio:.3f}x = 1 + {max_regression:.3g} allowed + {noise_factor * cc.noise:.3g} noise)"
-                    )
-                elif cc.new_p50 * cc.limit_ratio < cc.base_p50:
-                    cc.status = "improved"
+            _gate_latency(cc, n, b, new, baseline, max_regression, noise_factor, host_diff, same_kernel)
             if n.get("sha256") and b.get("sha256") and n["sha256"] != b["sha256"]:
                 cc.messages.append("artifact changed (sha256 differs)")
         if cc.base_accuracy is not None and cc.new_accuracy is not None:
@@ -182,7 +211,73 @@ def compare_reports(
                 name, "new", runtime=n.get("runtime"), batch=n.get("batch"), new_p50=n["latency_ms"]["p50"],
                 new_accuracy=_acc(n), messages=["no baseline for this case"],
             ))
+    result.basis_lines = _basis_lines(result, host_diff, same_kernel, new, baseline)
     return result
+
+
+def _gate_latency(cc: CaseComparison, n: dict, b: dict, new: dict, baseline: dict, max_regression: float,
+                  noise_factor: float, host_diff: list[str], same_kernel: bool) -> None:
+    """Gate one case's latency: normalised by the reference kernel where both reports have it, absolute
+    milliseconds too on the same host (or alone without a reference kernel). Sets cc's ratio, limit, basis."""
+    noise = max(case_noise(n), case_noise(b))
+    if not (cc.base_p50 and cc.base_p50 > 0) or cc.new_p50 is None:
+        cc.noise, cc.limit_ratio = noise, 1.0 + max_regression + noise_factor * noise
+        return
+    cc.abs_ratio = cc.new_p50 / cc.base_p50
+    cc.abs_limit = 1.0 + max_regression + noise_factor * noise
+    rn, rb = reference_for(new, n), reference_for(baseline, b)
+    checks = []  # (label, ratio, limit, text)
+    if rn and rb and same_kernel:
+        norm_noise = max(noise, rn[1], rb[1])
+        norm_ratio = (cc.new_p50 / rn[0]) / (cc.base_p50 / rb[0])
+        norm_limit = 1.0 + max_regression + noise_factor * norm_noise
+        cc.ratio, cc.limit_ratio, cc.noise = norm_ratio, norm_limit, norm_noise
+        checks.append(("normalised", norm_ratio, norm_limit,
+                       f"p50 / reference kernel is {norm_ratio:.2f}x the baseline's (p50 {cc.new_p50:.4g} ms / "
+                       f"{rn[0]:.4g} ms vs {cc.base_p50:.4g} ms / {rb[0]:.4g} ms; limit {norm_limit:.3f}x = 1 + "
+                       f"{max_regression:.3g} allowed + {noise_factor * norm_noise:.3g} noise)"))
+        cc.basis = "normalised"
+        if not host_diff:
+            checks.append(("absolute", cc.abs_ratio, cc.abs_limit,
+                           f"p50 {cc.new_p50:.4g} ms is {cc.abs_ratio:.2f}x the baseline {cc.base_p50:.4g} ms on the "
+                           f"same host (limit {cc.abs_limit:.3f}x)"))
+            cc.basis = "normalised+absolute"
+    else:
+        cc.ratio, cc.limit_ratio, cc.noise, cc.basis = cc.abs_ratio, cc.abs_limit, noise, "absolute"
+        checks.append(("absolute", cc.abs_ratio, cc.abs_limit,
+                       f"p50 {cc.new_p50:.4g} ms is {cc.abs_ratio:.2f}x the baseline {cc.base_p50:.4g} ms "
+                       f"(limit {cc.abs_limit:.3f}x = 1 + {max_regression:.3g} allowed + {noise_factor * noise:.3g} "
+                       "noise)"))
+    for _label, ratio, limit, text in checks:
+        if ratio > limit:
+            cc.latency_regression = True
+            cc.messages.append(text)
+    if not cc.latency_regression and cc.ratio * cc.limit_ratio < 1.0:
+        cc.status = "improved"
+
+
+def _basis_lines(result: CompareResult, host_diff: list[str], same_kernel: bool, new: dict, baseline: dict) -> list[str]:
+    used = {c.basis for c in result.cases if c.basis}
+    lines = []
+    if used & {"normalised", "normalised+absolute"}:
+        lines.append("latency gated on p50 normalised by the reference kernel (int8 / fp32 GEMM timed with the cases "
+                     "in the same session; pipeline/reference_kernel.py)")
+        if host_diff:
+            lines.append("absolute p50 reported, not gated: the host fingerprint differs (" + "; ".join(host_diff) + ")")
+        else:
+            lines.append("absolute p50 gated too: the host fingerprint matches (CPU model, cores, runtime versions)")
+    if "absolute" in used:
+        missing = [w for w, r in (("new report", new), ("baseline", baseline))
+                   if not (r.get("reference_kernel") or {}).get("by_threads")]
+        if missing:
+            why = f"no reference kernel in the {' and the '.join(missing)}"
+        elif not same_kernel:
+            why = "the two reference kernels differ in version (not comparable)"
+        else:
+            why = "no reference kernel figure at these cases' thread count"
+        lines.append(f"latency gated on absolute p50 for {sum(c.basis == 'absolute' for c in result.cases)} case(s): "
+                     f"{why}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,12 +301,14 @@ def to_markdown(result: CompareResult) -> str:
     lines = [
         f"### Benchmark comparison: {head}",
         "",
-        f"{result.summary()}. A case regresses when its p50 exceeds the baseline p50 × (1 + "
-        f"{result.max_regression:.3g} + noise), noise = max(cv between repeats, 1.25·cv/√n) of both reports; "
-        f"accuracy may drop by {result.max_accuracy_drop:.3g}.",
+        f"{result.summary()}. A case regresses when its p50 (normalised by the reference kernel where both reports "
+        f"have one) exceeds the baseline's × (1 + {result.max_regression:.3g} + noise), noise = max(cv between "
+        f"repeats, 1.25·cv/√n) of both reports; accuracy may drop by {result.max_accuracy_drop:.3g}.",
         "",
-        "| Case | Runtime | Batch | Base p50 (ms) | New p50 (ms) | Change | Limit | Accuracy (base → new) | Status |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|",
+        *[f"- {_md(line)}" for line in result.basis_lines],
+        "",
+        "| Case | Runtime | Batch | Base p50 (ms) | New p50 (ms) | Change | Limit | Basis | Accuracy (base → new) | Status |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for c in result.cases:
         change = "–" if c.ratio is None else f"{(c.ratio - 1) * 100:+.1f}%"
@@ -221,7 +318,7 @@ def to_markdown(result: CompareResult) -> str:
             acc = f"{_f(c.base_accuracy, '{:.4f}')} → {_f(c.new_accuracy, '{:.4f}')}"
         lines.append(
             f"| {_md(c.name)} | {_md(c.runtime or '–')} | {_f(c.batch, '{}')} | {_f(c.base_p50)} | {_f(c.new_p50)} "
-            f"| {change} | {limit} | {acc} | {_ICON.get(c.status, c.status)} |"
+            f"| {change} | {limit} | {_md(c.basis or '–')} | {acc} | {_ICON.get(c.status, c.status)} |"
         )
     notes = [f"- **{_md(c.name)}**: {_md(m)}" for c in result.cases for m in c.messages]
     notes += [f"- {_md(w)}" for w in result.warnings]
@@ -239,6 +336,8 @@ def to_junit(result: CompareResult) -> str:
     for k, v in (("max_regression", result.max_regression), ("max_accuracy_drop", result.max_accuracy_drop),
                  ("noise_factor", result.noise_factor)):
         ET.SubElement(props, "property", name=k, value=str(v))
+    for i, line in enumerate(result.basis_lines):
+        ET.SubElement(props, "property", name=f"latency_basis_{i}", value=line)
     failures = skipped = 0
     for c in result.cases:
         tc = ET.SubElement(suite, "testcase", classname=f"benchmarks.{c.runtime or 'unknown'}", name=c.name,
@@ -260,7 +359,8 @@ def to_junit(result: CompareResult) -> str:
         out = ET.SubElement(tc, "system-out")
         g = lambda v: "none" if v is None else f"{v:.6g}"  # noqa: E731
         out.text = (
-            f"status={c.status} base_p50_ms={g(c.base_p50)} new_p50_ms={g(c.new_p50)} ratio={g(c.ratio)} "
+            f"status={c.status} basis={c.basis or 'none'} base_p50_ms={g(c.base_p50)} new_p50_ms={g(c.new_p50)} "
+            f"ratio={g(c.ratio)} abs_ratio={g(c.abs_ratio)} "
             f"limit={g(c.limit_ratio)} noise={g(c.noise)} base_accuracy={g(c.base_accuracy)} "
             f"new_accuracy={g(c.new_accuracy)}"
             + (f"\n{detail}" if detail else "")
@@ -361,8 +461,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.quiet:
         for c in result.cases:
-            ratio = "" if c.ratio is None else f" {c.ratio:.3f}x (limit {c.limit_ratio:.3f}x)"
+            ratio = "" if c.ratio is None else f" {c.ratio:.3f}x (limit {c.limit_ratio:.3f}x, {c.basis})"
             print(f"{c.status:12} {c.name}{ratio}" + (f"  {c.messages[0]}" if c.failed and c.messages else ""))
+        for line in result.basis_lines:
+            print(f"basis: {line}")
         for w in result.warnings:
             print(f"warning: {w}")
         print(result.summary())

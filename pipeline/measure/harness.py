@@ -657,6 +657,10 @@ def bench_many(
     bar = _Progress(total, progress)
     seen: set = set()
     out = []
+    from pipeline.reference_kernel import Recorder
+
+    reference = Recorder([s.get("threads") for s in specs], python=defaults.get("python", sys.executable))
+    reference.measure_once()  # before and after the cases, in fresh children like theirs
     try:
         for s in specs:
             key = (_SUFFIX_RUNTIME.get(Path(s["model_path"]).suffix.lower()), s.get("threads"), s.get("precision_hint"))
@@ -669,9 +673,12 @@ def bench_many(
                 bar(label)
 
             out.append(bench_case(**s, on_child=tick))
+        reference.measure_once()
     finally:
         bar.close()
-    return make_report(out, suite=suite)
+    report = make_report(out, suite=suite)
+    report["reference_kernel"] = reference.record()  # what pipeline/measure/compare.py normalises latency by
+    return report
 
 
 # ---------------------------------------------------------------------------------------------

@@ -102,27 +102,16 @@ def _split_spec(spec: str) -> tuple[str, str]:
 
 
 def spec_fingerprint(spec: str) -> str | None:
-    """sha256 of the user's source file behind a file.py or package.module spec (None for the others).
-
-    A stage key that includes it reruns when the user edits the model's code, not only its name."""
-    try:
-        scheme, _ = _split_spec(spec)
-    except ConfigError:
-        return None
+    """sha256 of the user's source behind a file.py or package.module spec (None for builtin, torchvision
+    and timm, whose code is the installed version): the named file plus the local modules it imports,
+    transitively (pipeline.models.model_sources). A stage key that includes it reruns when the user edits
+    the model's code or a module it imports. A file that cannot be found or read raises."""
+    scheme, _ = _split_spec(spec)
     if scheme in ("builtin", "torchvision", "timm"):
         return None
-    origin: Path | None
-    try:
-        if scheme.endswith(".py"):
-            origin = Path(scheme)
-        else:
-            found = importlib.util.find_spec(scheme)
-            origin = Path(found.origin) if found and found.origin else None
-        if origin is None or not origin.is_file():
-            return None
-        return hashlib.sha256(origin.read_bytes()).hexdigest()
-    except Exception:
-        return None
+    from pipeline.models.model_sources import model_source_digest
+
+    return model_source_digest(scheme)
 
 
 def _torchvision(name: str, kwargs: dict[str, Any], in_channels: int, num_classes: int) -> nn.Module:

@@ -39,7 +39,9 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
             or not isinstance(summary.get("stages"), list):
         raise ConfigError(f"{path} is not a pipeline run summary (no artifacts/stages lists)",
                           hint="pass the run folder written by `python -m pipeline run`")
-    return summary
+    from pipeline.device_results import merge_into
+
+    return merge_into(summary, run_dir)  # results imported after run.json was written
 
 
 # --------------------------------------------------------------------------- accuracy vs latency
@@ -215,3 +217,23 @@ def single_figures(summary: dict, cases: list[BenchCase]) -> list[tuple[str, dic
             continue
         out.append((a["name"], lat))
     return out
+
+
+# --------------------------------------------------------------------------- device-measured results
+
+
+def device_rows(summary: dict) -> list[dict[str, str]]:
+    """One row per artifact with an imported device result (labelled device-measured, never mixed with host rows)."""
+    rows = []
+    for a in summary.get("artifacts") or []:
+        lat = a.get("device_latency_ms")
+        if not isinstance(lat, dict):
+            continue
+        rss = a.get("device_peak_rss_mb") or {}
+        f = lambda v, fmt="{:.4g}": "—" if v is None else fmt.format(v)  # noqa: E731
+        rows.append({"artifact": a["name"], "device": str(lat.get("device") or "?"),
+                     "runtime": f"{lat.get('runtime') or '?'} {lat.get('runtime_version') or ''}".strip(),
+                     "batch": f(lat.get("batch"), "{}"), "p50 ms": f(lat.get("p50")), "p90 ms": f(lat.get("p90")),
+                     "peak MB": f(rss.get("value"), "{:.1f}"), "source": str(lat.get("source") or "unknown"),
+                     "imported": str(lat.get("imported_at") or "?"), "note": str(lat.get("note") or "")})
+    return rows

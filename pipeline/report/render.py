@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.artifacts import atomic_write_bytes, atomic_write_text
-from pipeline.report.data import (SOURCE_MEANING, accuracy_latency_points, bench_cases, load_run, single_figures,
-                                  size_bars)
+from pipeline.report.data import (SOURCE_MEANING, accuracy_latency_points, bench_cases, device_rows, load_run,
+                                  single_figures, size_bars)
 from pipeline.stats import format_ci
 from pipeline.summary import markdown_table, summary_rows
 
@@ -122,6 +122,16 @@ def _bullets(items) -> list[str]:
     return [f"- {_md_escape(i)}" for i in items] or ["- none"]
 
 
+def _device_section(summary: dict) -> list[str]:
+    """Imported device results (python -m pipeline import-results), in a table of their own."""
+    rows = device_rows(summary)
+    if not rows:
+        return []
+    return ["## Device-measured results", "",
+            "Imported from the bundle's benchmark run on the device (`python -m pipeline import-results`); "
+            "source **device-measured**. Host figures above are unchanged.", "", markdown_table(rows)]
+
+
 def render_markdown(summary: dict, figs: list[Figure], extra_notes: list[str]) -> str:
     rows = summary_rows(summary)
     md = [f"# Run report: {summary.get('name', '?')}", "",
@@ -133,7 +143,8 @@ def render_markdown(summary: dict, figs: list[Figure], extra_notes: list[str]) -
         if f.table:
             md += [f"**{f.table_title}**", "", markdown_table(f.table)]
     md += ["## Summary", "", "Latency source and memory source are given for every row; `—` = not available.", "",
-           markdown_table(rows) if rows else "no artifacts", "## Stages", "",
+           markdown_table(rows) if rows else "no artifacts",
+           *_device_section(summary), "## Stages", "",
            markdown_table(_stage_rows(summary)) if summary["stages"] else "no stages", "## Notes", "",
            *_bullets([*_target_notes(summary), *summary.get("notes", []), *extra_notes]), "",
            "## Skipped targets", "", *_bullets(f"{k}: {v}" for k, v in (summary.get("skipped_targets") or {}).items()),
@@ -183,6 +194,9 @@ def render_html(summary: dict, figs: list[Figure], extra_notes: list[str]) -> st
             parts.append(f"<h3>{e(f.table_title)}</h3>" + _html_table(f.table, right))
     parts += ["<h2>Summary</h2><p class=sources>Latency source and memory source are given for every row; "
               "— = not available.</p>", _html_table(rows, right),
+              *(["<h2>Device-measured results</h2><p class=sources>Imported from the device (source "
+                 "device-measured); host figures above are unchanged.</p>", _html_table(device_rows(summary), right)]
+                if device_rows(summary) else []),
               "<h2>Stages</h2>", _html_table(_stage_rows(summary), right),
               "<h2>Notes</h2>", _html_list([*_target_notes(summary), *summary.get("notes", []), *extra_notes]),
               "<h2>Skipped targets</h2>",

@@ -101,12 +101,9 @@ def run_distill(runner: Runner, recipe, data: StageResult, teacher: StageResult)
 
     config = {"distill": cfg.model_dump(mode="json", exclude={"nproc"}), "student": scfg.model_dump(mode="json"),
               "seed": recipe.seed, "augment": recipe.data.augment, "hflip": recipe.data.hflip}
-    import pipeline.distill.losses
-    import pipeline.models.zoo
-    import pipeline.train
     from pipeline.models.spec import spec_fingerprint
 
-    # The student's own code (a user file) and the training code it runs are part of the key.
+    # The student's own code (a user file and what it imports) is part of the key; the training code is in
+    # the import closure of this module, which the runner hashes.
     return runner.stage("distill", fn, config=config, inputs={"data": data, "teacher": teacher}, tools=TOOLS,
-                        extra_key={"student_code": spec_fingerprint(scfg.model)},
-                        code=(pipeline.train, pipeline.distill.losses, pipeline.models.zoo))
+                        extra_key={"student_code": spec_fingerprint(scfg.model)})

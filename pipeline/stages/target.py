@@ -23,7 +23,6 @@ from pipeline.stages.models import load_model
 from pipeline.stats import paired_change, wilson_interval
 from targets.base import Backend, BuiltModel, CalibrationSpec, QuantizeRequest, get_backend
 
-STANDALONE_BENCH = Path(__file__).resolve().parents[2] / "targets" / "standalone" / "bench.py"
 
 BACKEND_TOOLS = {
     "onnxruntime": ["onnxruntime", "onnx"],
@@ -250,11 +249,8 @@ def run_benchmark(runner: Runner, recipe, name: str, label: str, cases: list[dic
     config = {"benchmark": b.model_dump(mode="json"), "cases": [{k: v for k, v in c.items() if k != "model"}
                                                                 for c in cases], "host": host,
               "extra": extra_config}
-    import pipeline.measure.harness
-    import targets.standalone.runtime
-
     return runner.stage(name, fn, config=config, inputs=inputs, tools=["onnxruntime", "openvino", "ai-edge-litert"],
-                        code=(pipeline.measure.harness, targets.standalone.runtime, STANDALONE_BENCH),
+                        # harness, runtime and bench.py: in the closure of this module (code_closure)
                         label=label)
 
 

@@ -85,13 +85,10 @@ def run_teacher(runner: Runner, recipe, data: StageResult) -> StageResult:
     if ckpt:
         config["teacher"].pop("train")
     extra = sha256_file(ckpt) if ckpt and Path(ckpt).is_file() else None
-    import pipeline.models.zoo
-    import pipeline.train
     from pipeline.models.spec import spec_fingerprint
 
     res = runner.stage("teacher", fn, config=config, inputs={"data": data}, tools=TOOLS,
-                       extra_key={"checkpoint": extra, "model_code": spec_fingerprint(cfg.model)},
-                       code=(pipeline.train, pipeline.models.zoo))
+                       extra_key={"checkpoint": extra, "model_code": spec_fingerprint(cfg.model)})
     if cfg.finetune.epochs > 0:
         res = run_finetune(runner, recipe, data, res)
     check_min_accuracy(recipe, res)
