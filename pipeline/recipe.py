@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator,
+                      model_validator)
 
 from pipeline.distill.losses import DEFAULT_TERMS, LossTerm
 from pipeline.errors import ConfigError
+
+
+OUTPUT_HELP = ("which part of the model's forward output holds the logits: auto, an index (0), a key or field "
+               "(logits), or a dotted path (1.logits)")
 
 
 class Section(BaseModel):
@@ -73,12 +78,14 @@ class TeacherConfig(Section):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=8))
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     min_accuracy: float = Field(0.0, ge=0, le=1, description="stop when the teacher's validation accuracy is below this")
+    output: Union[StrictInt, str] = Field("auto", description=OUTPUT_HELP)
 
 
 class StudentConfig(Section):
     model: str = "builtin:small_cnn"
     kwargs: dict[str, Any] = Field(default_factory=dict)
     max_macs_ratio: float = Field(0.2, gt=0, le=1.0, description="warn when student MACs exceed this fraction of the teacher's")
+    output: Union[StrictInt, str] = Field("auto", description=OUTPUT_HELP)
 
 
 class DistillConfig(TrainConfig):

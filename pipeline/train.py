@@ -27,6 +27,10 @@ def quiet() -> bool:
 def batches(n: int, batch: int, shuffle: bool, gen: Optional[torch.Generator]) -> Iterator[torch.Tensor]:
     order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
     for i in range(0, n, batch):
+        if shuffle and n - i == 1 and n > 1:
+            # A 1-sample training batch breaks BatchNorm (BatchNorm1d heads raise on it): drop it. Shuffled,
+            # so a different sample sits out each epoch.
+            break
         yield order[i:i + batch]
 
 

@@ -37,6 +37,7 @@ class Splits:
     class_names: list[str]
     preprocessing: dict[str, Any]
     notes: list[str] = field(default_factory=list)  # what the source said (kind, counts, skipped files)
+    fixed_splits: list[str] = field(default_factory=list)  # splits the source fixed (not carved here)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -171,7 +172,7 @@ def load_splits(cfg, seed: int) -> Splits:
     x = preprocess(raw.images[np.concatenate(parts)], cfg)
     a, b = len(train), len(train) + len(splits["val"])
     return Splits(x[:a], raw.labels[train], x[a:b], raw.labels[splits["val"]], x[b:], raw.labels[splits["test"]],
-                  raw.class_names, preprocessing_spec(cfg), list(raw.notes))
+                  raw.class_names, preprocessing_spec(cfg), list(raw.notes), sorted(raw.splits or {}))
 
 
 def check_finite(x: np.ndarray, what: str) -> None:

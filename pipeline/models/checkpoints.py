@@ -18,7 +18,8 @@ from torch import nn
 
 from pipeline.errors import CheckpointError
 
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "weights", "ema")
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "weights", "params", "ema",
+                "state_dict_ema", "model_ema")
 STRIP_PREFIXES = ("module.", "model.", "_orig_mod.", "net.")
 
 
@@ -115,71 +116,208 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Any:
                               hint="re-save or re-download it") from None
 
 
-def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj) \
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _candidates(obj: Any, where: str = "", depth: int = 0) -> list[tuple[str, dict]]:
+    """Every state dict inside `obj` ({'state_dict': ...}, {'model': {...}}, {'ema': ...}, nested dicts with
+    optimizer state beside them), with where it was found."""
     if isinstance(obj, nn.Module):
-        return obj.state_dict()
-    if isinstance(obj, dict):
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-        for k in WRAPPER_KEYS:
-            if k in obj:
-                return extract_state_dict(obj[k])
-        keys = ", ".join(map(str, list(obj)[:8])) or "none"
-        raise CheckpointError(f"the checkpoint holds no state dict (its top-level keys: {keys})",
+        return [(where or "<module>", obj.state_dict())]
+    if _is_state_dict(obj):
+        return [(where or "<top level>", obj)]
+    found: list[tuple[str, dict]] = []
+    if isinstance(obj, dict) and depth < 4:
+        # A state dict with a few non-tensor entries beside the tensors (e.g. an 'epoch' counter).
+        tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        if len(tensors) >= 2 and len(tensors) >= len(obj) - 2:
+            found.append((where or "<top level>", tensors))
+        for k, v in obj.items():
+            if isinstance(v, (dict, nn.Module)):
+                found.extend(_candidates(v, f"{where}.{k}" if where else str(k), depth + 1))
+    return found
+
+
+def extract_state_dict(obj: Any, expected: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint object: the one whose keys (after prefix stripping) best match
+    `expected`, preferring the usual wrapper keys in WRAPPER_KEYS order on a tie."""
+    found = _candidates(obj)
+    if not found:
+        if isinstance(obj, dict):
+            keys = ", ".join(map(str, list(obj)[:8])) or "none"
+            raise CheckpointError(f"the checkpoint holds no state dict (its top-level keys: {keys})",
+                                  hint=f"save model.state_dict(), or a dict holding it under one of the keys "
+                                       f"{list(WRAPPER_KEYS)}")
+        raise CheckpointError(f"the checkpoint holds a {type(obj).__name__}, not a state dict",
                               hint=f"save model.state_dict(), or a dict holding it under one of the keys "
                                    f"{list(WRAPPER_KEYS)}")
-    raise CheckpointError(f"the checkpoint holds a {type(obj).__name__}, not a state dict",
-                          hint=f"save model.state_dict(), or a dict holding it under one of the keys {list(WRAPPER_KEYS)}")
+
+    def rank(item):
+        where, sd = item
+        top = where.split(".")[0]
+        prio = WRAPPER_KEYS.index(top) if top in WRAPPER_KEYS else len(WRAPPER_KEYS)
+        match = len(set(remap_prefixes(sd, expected)) & expected) if expected else 0
+        return (-match, prio, where.count("."))
+
+    return sorted(found, key=rank)[0][1]
 
 
-def remap_prefixes(sd: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
-    """Strip wrapper prefixes (e.g. DataParallel's `module.`) when that makes the keys match."""
+def _strip_wrappers(key: str) -> str:
+    """Drop DataParallel/DDP `module.` and torch.compile `_orig_mod.` prefixes, in any order and number."""
+    changed = True
+    while changed:
+        changed = False
+        for p in ("module.", "_orig_mod."):
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+    return key
+
+
+def remap_prefixes(sd: dict[str, torch.Tensor], expected: set[str] | None) -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes (DataParallel's `module.`, torch.compile's `_orig_mod.`, a common `model.`/`net.`
+    holder) when that makes more keys match the model. The result is a plain dict: its keys changed, so the
+    saved `_metadata` (per-module versions) would not apply to them anyway."""
+    expected = expected or set()
+
+    def score(d):
+        return len(set(d) & expected)
+
+    best = dict(sd)
+    stripped = {_strip_wrappers(k): v for k, v in sd.items()}
+    if len(stripped) == len(sd) and score(stripped) > score(best):
+        best = stripped
     for _ in range(3):
-        if set(sd) & expected:
-            break
         for p in STRIP_PREFIXES:
-            if sd and all(k.startswith(p) for k in sd):
-                sd = {k[len(p):]: v for k, v in sd.items()}
-                break
+            if best and all(k.startswith(p) for k in best):
+                cand = {k[len(p):]: v for k, v in best.items()}
+                if score(cand) > score(best) or not expected:
+                    best = cand
+                    break
         else:
             break
-    return sd
+    return best
+
+
+def _module_of(key: str) -> str:
+    return key.rpartition(".")[0] or key
+
+
+def _grouped(keys: list[str], limit: int = 6) -> str:
+    """`layer3 (18 tensors: layer3.0.conv1.weight, ...), fc.weight` - grouped by top-level module."""
+    groups: dict[str, list[str]] = {}
+    for k in keys:
+        groups.setdefault(k.split(".")[0], []).append(k)
+    parts = []
+    for top, ks in list(groups.items())[:limit]:
+        if len(ks) == 1:
+            parts.append(ks[0])
+        else:
+            mods = sorted({_module_of(k) for k in ks})
+            parts.append(f"{top} ({len(ks)} tensors in {len(mods)} module(s), e.g. {ks[0]})")
+    if len(groups) > limit:
+        parts.append(f"+{len(groups) - limit} more module(s)")
+    return ", ".join(parts)
 
 
 def key_diff(model_sd: dict, ckpt_sd: dict, limit: int = 8) -> str:
-    missing = sorted(set(model_sd) - set(ckpt_sd))
+    # PyTorch itself fills in BatchNorm's num_batches_tracked when a state dict lacks it: not a mismatch.
+    missing = sorted(k for k in set(model_sd) - set(ckpt_sd) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(ckpt_sd) - set(model_sd))
-    shape = sorted(k for k in set(model_sd) & set(ckpt_sd) if tuple(model_sd[k].shape) != tuple(ckpt_sd[k].shape))
+    shape = sorted(k for k in set(model_sd) & set(ckpt_sd)
+                   if hasattr(ckpt_sd[k], "shape") and tuple(model_sd[k].shape) != tuple(ckpt_sd[k].shape))
     parts = []
     for label, keys in (("missing in checkpoint", missing), ("unexpected in checkpoint", unexpected)):
         if keys:
-            more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-            parts.append(f"{label}: {', '.join(keys[:limit])}{more}")
+            parts.append(f"{label}: {_grouped(keys)}")
     if shape:
+        more = f" (+{len(shape) - limit} more)" if len(shape) > limit else ""
         parts.append("shape mismatch: " + ", ".join(
-            f"{k} model {tuple(model_sd[k].shape)} vs checkpoint {tuple(ckpt_sd[k].shape)}" for k in shape[:limit]))
+            f"{k} model {tuple(model_sd[k].shape)} vs checkpoint {tuple(ckpt_sd[k].shape)}"
+            for k in shape[:limit]) + more)
     return "; ".join(parts)
 
 
-def load_into(model: nn.Module, path: str | Path, allow_pickle: bool = False) -> nn.Module:
-    """Load weights into `model` strictly and return it; a TorchScript file is returned as it is.
+def _block_counts(keys) -> dict[str, int]:
+    """{stage: number of blocks} from keys like layer1.3.conv1.weight (a Sequential/ModuleList of blocks)."""
+    counts: dict[str, int] = {}
+    for k in keys:
+        m = re.match(r"^((?:[A-Za-z_]\w*\.)*?[A-Za-z_]\w*)\.(\d+)\.[A-Za-z_]", k)
+        if m:
+            counts[m.group(1)] = max(counts.get(m.group(1), 0), int(m.group(2)) + 1)
+    return counts
 
+
+def likely_kwargs(model: nn.Module, model_sd: dict, ckpt_sd: dict, kwargs: dict | None = None) -> list[str]:
+    """Which model arguments probably differ, read from the checkpoint's tensor shapes."""
+    kwargs = kwargs or {}
+    hints: list[str] = []
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if convs and f"{convs[0]}.weight" in ckpt_sd:
+        w_ck, w_m = ckpt_sd[f"{convs[0]}.weight"], model_sd.get(f"{convs[0]}.weight")
+        if w_m is not None and w_ck.ndim == w_m.ndim:
+            if w_ck.shape[1] != w_m.shape[1]:
+                hints.append(f"the checkpoint's first conv ({convs[0]}) takes {w_ck.shape[1]} input channels, "
+                             f"the model {w_m.shape[1]}: set data.channels={w_ck.shape[1]}")
+            if w_ck.shape[0] != w_m.shape[0]:
+                arg = "width" if "width" in kwargs or _takes(model, "width") else "its width argument"
+                hints.append(f"the checkpoint's first conv has {w_ck.shape[0]} output channels, the model "
+                             f"{w_m.shape[0]}: probably {arg}={w_ck.shape[0]}"
+                             + (" (teacher.kwargs)" if arg == "width" else ""))
+    if linears and f"{linears[-1]}.weight" in ckpt_sd:
+        w_ck, w_m = ckpt_sd[f"{linears[-1]}.weight"], model_sd.get(f"{linears[-1]}.weight")
+        if w_m is not None and w_ck.ndim == 2 and w_ck.shape[0] != w_m.shape[0]:
+            hints.append(f"the checkpoint's classifier ({linears[-1]}) has {w_ck.shape[0]} outputs, this data has "
+                         f"{w_m.shape[0]} classes: it was trained for another label set (num_classes="
+                         f"{w_ck.shape[0]}); use a checkpoint trained on these classes or train the teacher here")
+    ck_blocks, m_blocks = _block_counts(ckpt_sd), _block_counts(model_sd)
+    deeper = [f"{s}: {ck_blocks[s]} in the checkpoint vs {m_blocks[s]} in the model" for s in m_blocks
+              if s in ck_blocks and ck_blocks[s] != m_blocks[s]]
+    if deeper:
+        hint = "the number of blocks differs (" + "; ".join(deeper[:4]) + "): a different depth"
+        n = next(iter(ck_blocks[s] for s in m_blocks if s in ck_blocks and ck_blocks[s] != m_blocks[s]))
+        if all(s in ck_blocks for s in ("layer1", "layer2", "layer3")) and "layer4" not in ck_blocks:
+            hint += f", e.g. builtin:resnet{6 * n + 2} (CIFAR ResNet with {n} blocks per stage)"
+        hints.append(hint)
+    return hints
+
+
+def _takes(model: nn.Module, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(type(model).__init__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def load_into(model: nn.Module, path: str | Path, allow_pickle: bool = False, kwargs: dict | None = None,
+              field: str = "teacher") -> nn.Module:
+    """Load weights into `model` and return it; a TorchScript file is returned as it is.
+
+    Accepts exactly what PyTorch's strict `load_state_dict` accepts (after unwrapping the state dict and
+    stripping wrapper prefixes): e.g. a state dict of an older PyTorch without BatchNorm's
+    `num_batches_tracked`, fp16 tensors. When PyTorch refuses, the message names the closest cause.
     A pickled full model (allow_pickle only) gives its weights to `model`, so the recipe's model spec keeps
     describing the architecture every later stage rebuilds.
     """
     obj = read_checkpoint(path, allow_pickle)
     if isinstance(obj, torch.jit.ScriptModule):
         return obj
-    sd = extract_state_dict(obj)
     model_sd = model.state_dict()
-    sd = remap_prefixes(sd, set(model_sd))
-    diff = key_diff(model_sd, sd)
-    if diff:
-        hint = "check teacher.model / teacher.kwargs, or the checkpoint you meant"
-        if isinstance(obj, nn.Module):
-            cls = type(obj)
-            hint = (f"the pickled model is a {cls.__module__}.{cls.__qualname__}: set teacher.model to a callable "
-                    f"that builds that architecture (e.g. {cls.__module__}:{cls.__qualname__}) and its kwargs")
-        raise CheckpointError(f"checkpoint {path} does not match the model: {diff}", hint=hint)
-    model.load_state_dict(sd, strict=True)
-    return model
+    sd = remap_prefixes(extract_state_dict(obj, set(model_sd)), set(model_sd))
+    try:
+        model.load_state_dict(sd, strict=True)
+        return model
+    except RuntimeError as e:
+        torch_text = str(e)
+    diff = key_diff(model_sd, sd) or torch_text.splitlines()[0][:300]
+    hints = likely_kwargs(model, model_sd, sd, kwargs)
+    hint = "; ".join(hints) if hints else f"check {field}.model / {field}.kwargs, or the checkpoint you meant"
+    if isinstance(obj, nn.Module):
+        cls = type(obj)
+        hint = (f"the pickled model is a {cls.__module__}.{cls.__qualname__}: set {field}.model to a callable "
+                f"that builds that architecture (e.g. {cls.__module__}:{cls.__qualname__}) and its kwargs")
+    raise CheckpointError(f"checkpoint {path} does not match the model: {diff}", hint=hint)

@@ -6,6 +6,7 @@ imported; nothing from a recipe is ever eval'd.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -41,7 +42,8 @@ def _call(fn, kwargs: dict[str, Any], in_channels: int, num_classes: int, what: 
                                "recipe to match (teacher.kwargs defaults to {width: 32} for the built-in teacher: "
                                "use --set teacher.kwargs={} for your own model)")
     try:
-        model = fn(**kw)
+        with user_code(what):
+            model = fn(**kw)
     except PipelineError:
         raise
     except Exception as e:  # the user's code: one line, not a traceback
@@ -54,6 +56,23 @@ def _call(fn, kwargs: dict[str, Any], in_channels: int, num_classes: int, what: 
 
 
 _FILE_MODULES: dict[tuple[str, int, int], Any] = {}
+
+
+@contextlib.contextmanager
+def user_code(what: str, argv0: str | None = None):
+    """Run the user's module or callable so it cannot end or hijack the run: sys.argv is [the file] while it
+    runs (argparse at module level sees no pipeline options), and sys.exit / SystemExit becomes exit 2."""
+    saved = sys.argv
+    sys.argv = [argv0 or what]
+    try:
+        yield
+    except SystemExit as e:
+        raise ConfigError(f"{what} called sys.exit({e.code!r}) while being imported or built (does it parse "
+                          "command-line arguments or run a script at import time?)",
+                          hint="move script code under `if __name__ == \"__main__\":` so importing the file only "
+                               "defines the model") from None
+    finally:
+        sys.argv = saved
 
 
 def _import_failed(what: str, e: BaseException, own: str | None = None):
@@ -80,7 +99,11 @@ def _load_file_module(path: Path):
         sys.path.append(folder)  # so the file can import its sibling modules (appended: never shadows packages)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)  # the user's own file, named by the user
+        with user_code(str(path), str(path)):
+            spec.loader.exec_module(module)  # the user's own file, named by the user
+    except ConfigError:
+        sys.modules.pop(name, None)
+        raise
     except Exception as e:
         sys.modules.pop(name, None)
         raise _import_failed(str(path), e) from None
@@ -187,7 +210,10 @@ def build_model(spec: str, kwargs: dict[str, Any] | None, in_channels: int, num_
             raise ConfigError(f"model spec {spec!r}: {scheme!r} is neither a known scheme, a module path nor a .py file",
                               hint=f"use {SPEC_FORMS}")
         try:
-            module = importlib.import_module(scheme)
+            with user_code(scheme):
+                module = importlib.import_module(scheme)
+        except ConfigError:
+            raise
         except Exception as e:
             if isinstance(e, ModuleNotFoundError) and e.name and (scheme == e.name or scheme.startswith(e.name + ".")):
                 raise ConfigError(f"cannot import {scheme!r}: {e}",
