@@ -98,10 +98,18 @@ def fit(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
             xb, yb = xt[idx], yt[idx]
             if do_augment:
                 xb = augment(xb, gen, hflip=hflip)
-            if loss_fn is None:
-                loss, _ = F.cross_entropy(model(xb), yb), {}
-            else:
-                loss, _ = loss_fn(model, xb, yb, idx, epoch)
+            try:
+                if loss_fn is None:
+                    loss, _ = F.cross_entropy(model(xb), yb), {}
+                else:
+                    loss, _ = loss_fn(model, xb, yb, idx, epoch)
+            except ValueError as e:
+                if "Expected more than 1 value per channel" not in str(e):
+                    raise
+                from pipeline.errors import ConfigError
+
+                raise ConfigError(f"{desc}: a training batch of {len(idx)} sample(s) reaches a BatchNorm layer, which "
+                                  "needs at least 2 per batch", hint="raise the batch size (batch_size >= 2)") from None
             if on_step is not None:
                 on_step(step, loss)
             opt.zero_grad(set_to_none=True)

@@ -144,6 +144,10 @@ def extract_state_dict(obj: Any, expected: set[str] | None = None) -> dict[str, 
     """The state dict inside a checkpoint object: the one whose keys (after prefix stripping) best match
     `expected`, preferring the usual wrapper keys in WRAPPER_KEYS order on a tie."""
     found = _candidates(obj)
+    if found and expected and isinstance(obj, dict):
+        # Tensors under other keys (optimizer state, a lone 'lr') are not the weights unless their keys match.
+        found = [(w, sd) for w, sd in found
+                 if w == "<top level>" or w.split(".")[0] in WRAPPER_KEYS or set(remap_prefixes(sd, expected)) & expected]
     if not found:
         if isinstance(obj, dict):
             keys = ", ".join(map(str, list(obj)[:8])) or "none"
@@ -315,7 +319,7 @@ def load_into(model: nn.Module, path: str | Path, allow_pickle: bool = False, kw
         torch_text = str(e)
     diff = key_diff(model_sd, sd) or torch_text.splitlines()[0][:300]
     hints = likely_kwargs(model, model_sd, sd, kwargs)
-    hint = "; ".join(hints) if hints else f"check {field}.model / {field}.kwargs, or the checkpoint you meant"
+    hint = "; ".join(hints + [f"check {field}.model / {field}.kwargs, or the checkpoint you meant"])
     if isinstance(obj, nn.Module):
         cls = type(obj)
         hint = (f"the pickled model is a {cls.__module__}.{cls.__qualname__}: set {field}.model to a callable "
