@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline.artifacts import sha256_file
 from pipeline.errors import ConfigError, GateError
 from pipeline.models.checkpoints import load_into
+from pipeline.models.measure import count_macs, count_params
 from pipeline.models.spec import build_model
 from pipeline.runner import Runner, StageContext, StageResult
 from pipeline.stages.data import read_splits
@@ -97,7 +98,6 @@ def teacher_split_note(splits, val_acc: float, test_acc: float, alpha: float = 0
 
 
 def _describe(model, splits, ctx: StageContext) -> None:
-    
     shape = (1, *splits.input_shape)
     ctx.metrics.update(
         val_accuracy=accuracy(predict(model, splits.x_val), splits.y_val),
