@@ -653,7 +653,7 @@ def prune_student(ctx, recipe, data, teacher, student) -> None:
     try:
         x = splits.x_test[:64]
         diff = float(np.abs(predict(load_model(ctx.dir), x) - predict(pruned, x)).max())
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - a reload failure is reported below as a PipelineError with its cause
         diff, why = float("inf"), _failure_text(e)
     else:
         why = f"max |logit diff| {diff:.2e}"

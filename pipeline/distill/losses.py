@@ -584,7 +584,7 @@ def build_criterion(terms: list[LossTerm] | list[dict], student: nn.Module, teac
     student_tap = FeatureTap(student, s_paths) if s_paths else None
     try:
         teacher_tap = FeatureTap(teacher, t_paths) if t_paths else None
-    except Exception:
+    except Exception:  # remove the hook, then re-raise unchanged
         if student_tap:
             student_tap.remove()
         raise
@@ -599,7 +599,7 @@ def build_criterion(terms: list[LossTerm] | list[dict], student: nn.Module, teac
             if teacher_tap:
                 shapes["teacher"] = _dry_run(teacher, example_input, teacher_tap, "teacher")
         modules = [LOSS_REGISTRY[t.name](t, shapes) for t in specs]
-    except Exception:
+    except Exception:  # remove the hooks, then re-raise unchanged
         for tap in (student_tap, teacher_tap):
             if tap:
                 tap.remove()

@@ -53,7 +53,7 @@ def _pickle_globals(path: Path, limit: int = 5) -> list[str]:
         allowed = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set")
         odd = [g for g in dict.fromkeys(found) if not g.startswith(allowed)]
         return odd[:limit]
-    except Exception:
+    except Exception:  # best effort: only names the pickle's globals in a message
         return []
 
 
@@ -78,7 +78,7 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Any:
     if _is_torchscript(path):
         try:
             return torch.jit.load(str(path), map_location="cpu")
-        except Exception as e:
+        except Exception as e:  # torch.jit.load raises many types: CheckpointError naming the file
             raise CheckpointError(f"TorchScript file {path} could not be loaded: {type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''}",
                                   hint="re-export it with torch.jit.save, or save model.state_dict() instead") from None
@@ -86,7 +86,7 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Any:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*pickle protocol.*")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # torch.load raises many types for bad files: CheckpointError naming the cause
         text = str(e)
         # Only a refused global means "a pickled object"; random bytes fail weights_only with other messages.
         glob = _unsupported_global(text, path) if "Weights only load failed" in text or "weights_only" in text \
@@ -106,7 +106,7 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Any:
                     f"checkpoint {path} could not be unpickled: {type(e2).__name__}: {e2}",
                     hint="the classes it was saved with must be importable here (a class defined in the "
                          "training script's __main__ is not); better: save model.state_dict()") from None
-            except Exception as e2:
+            except Exception as e2:  # unpickling runs the file's code: CheckpointError naming the file
                 raise CheckpointError(f"checkpoint {path} could not be unpickled: {type(e2).__name__}: {e2}",
                                       hint="re-save it, preferably as model.state_dict()") from None
         # torch's own text for this case talks about weights_only defaults, which would mislead here.

@@ -104,7 +104,7 @@ def _load_file_module(path: Path):
     except ConfigError:
         sys.modules.pop(name, None)
         raise
-    except Exception as e:
+    except Exception as e:  # the user's file: ConfigError/MissingDependency naming it
         sys.modules.pop(name, None)
         raise _import_failed(str(path), e) from None
     _FILE_MODULES[key] = module
@@ -142,7 +142,7 @@ def spec_fingerprint(spec: str) -> str | None:
         if origin is None or not origin.is_file():
             return None
         return hashlib.sha256(origin.read_bytes()).hexdigest()
-    except Exception:
+    except Exception:  # best effort: an unreadable source only means no code hash in the stage key
         return None
 
 
@@ -164,7 +164,7 @@ def _torchvision(name: str, kwargs: dict[str, Any], in_channels: int, num_classe
     kw = {"weights": None, "num_classes": num_classes, **kwargs}
     try:
         return tvm.get_model(name, **kw)
-    except Exception as e:
+    except Exception as e:  # torchvision's builders raise many types: ConfigError naming the model
         raise ConfigError(f"building torchvision:{name} failed: {type(e).__name__}: {e}",
                           hint="check teacher.kwargs / student.kwargs") from None
 
@@ -172,7 +172,7 @@ def _torchvision(name: str, kwargs: dict[str, Any], in_channels: int, num_classe
 def _timm(name: str, kwargs: dict[str, Any], in_channels: int, num_classes: int) -> nn.Module:
     try:
         import timm
-    except Exception as e:
+    except Exception as e:  # ImportError or a broken install: MissingDependency
         raise MissingDependency(f"timm is not usable here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
                                 hint="pip install -e '.[vision]' (timm needs torchvision: torch 2.14.1 + "
                                      "torchvision 0.29.1)") from None
@@ -180,7 +180,7 @@ def _timm(name: str, kwargs: dict[str, Any], in_channels: int, num_classes: int)
         raise ConfigError(f"timm has no model {name!r}", hint="see timm.list_models()")
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
-    except Exception as e:
+    except Exception as e:  # timm's builders raise many types: ConfigError naming the model
         raise ConfigError(f"building timm:{name} failed: {type(e).__name__}: {e}",
                           hint="check teacher.kwargs / student.kwargs") from None
 
@@ -214,7 +214,7 @@ def build_model(spec: str, kwargs: dict[str, Any] | None, in_channels: int, num_
                 module = importlib.import_module(scheme)
         except ConfigError:
             raise
-        except Exception as e:
+        except Exception as e:  # the user's package: a typed error naming it
             if isinstance(e, ModuleNotFoundError) and e.name and (scheme == e.name or scheme.startswith(e.name + ".")):
                 raise ConfigError(f"cannot import {scheme!r}: {e}",
                                   hint="check the module path (is it installed, or on PYTHONPATH?), or give "
