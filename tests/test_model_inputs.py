@@ -407,3 +407,55 @@ def test_internal_error_exits_4_with_a_log_and_debug_shows_the_traceback(tmp_pat
     for sub in (["targets", "--debug"], ["report", str(tmp_path / "nope"), "--debug"]):
         p = run_cli(*sub, timeout=300)
         assert "unrecognized arguments" not in p.stderr, p.stderr
+
+
+# --------------------------------------------------------------------------- integer bounds of the recipe
+
+
+def _int_fields(model=None, prefix=""):
+    """(dotted path, FieldInfo) of every integer field of the recipe, nested sections included."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from pipeline.recipe import Recipe
+
+    model = model or Recipe
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if typing.get_origin(ann) in (list, dict):
+            continue  # lists of loss terms are validated per term
+        args = typing.get_args(ann) or (ann,)
+        subs = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if subs:
+            yield from _int_fields(subs[0], f"{prefix}{name}.")
+        elif int in args and str not in args:
+            yield f"{prefix}{name}", info
+
+
+def test_every_integer_field_is_bounded_and_names_its_range():
+    import annotated_types as at
+
+    from pipeline.recipe import load_recipe
+
+    fields = dict(_int_fields())
+    assert {"seed", "calibration.seed", "distill.batch_size", "data.limit", "prune.round_to"} <= set(fields)
+    for path, info in fields.items():
+        lo = next((m.ge for m in info.metadata if isinstance(m, at.Ge)), None)
+        hi = next((m.le for m in info.metadata if isinstance(m, at.Le)), None)
+        assert lo is not None and hi is not None, f"{path} has no bounds"
+        load_recipe(None, [f"{path}={lo}"])
+        load_recipe(None, [f"{path}={hi}"])
+        for bad in (lo - 1, hi + 1):
+            with pytest.raises(ConfigError) as e:
+                load_recipe(None, [f"{path}={bad}"])
+            assert f"{path} = {bad}" in e.value.message and f"(allowed: {lo}..{hi})" in e.value.message
+
+
+def test_largest_seed_is_accepted_by_the_splits():
+    from pipeline.data.datasets import split_indices
+    from pipeline.recipe import SEED_MAX
+
+    labels = np.repeat(np.arange(3), 20)
+    s = split_indices(labels, 0.15, 0.2, SEED_MAX)  # scikit-learn gets SEED_MAX and SEED_MAX + 1
+    assert sum(len(v) for v in s.values()) == len(labels)

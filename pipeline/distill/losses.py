@@ -89,7 +89,7 @@ class LossTerm(BaseModel):
     temperature: float | None = Field(None, gt=0.0, allow_inf_nan=False)
     alpha: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     beta: float | None = Field(None, ge=0.0, allow_inf_nan=False)
-    warmup: int | None = Field(None, ge=0)
+    warmup: int | None = Field(None, ge=0, le=10000)  # epochs, like distill.epochs
     student_layer: str | list[str] | None = None
     teacher_layer: str | list[str] | None = None
     label_smoothing: float | None = Field(None, ge=0.0, lt=1.0)
