@@ -459,3 +459,14 @@ def test_largest_seed_is_accepted_by_the_splits():
     labels = np.repeat(np.arange(3), 20)
     s = split_indices(labels, 0.15, 0.2, SEED_MAX)  # scikit-learn gets SEED_MAX and SEED_MAX + 1
     assert sum(len(v) for v in s.values()) == len(labels)
+
+
+def test_safetensors_checkpoint_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    src = _src()
+    save_file({f"module.{k}": v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "m.safetensors"))
+    assert _same(load_into(_src(2), tmp_path / "m.safetensors"), src)
+    (tmp_path / "bad.safetensors").write_bytes((tmp_path / "m.safetensors").read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="damaged safetensors"):
+        load_into(_src(2), tmp_path / "bad.safetensors")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, MissingDependency
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "weights", "params", "ema",
                 "state_dict_ema", "model_ema")
@@ -28,6 +28,16 @@ def _is_torchscript(path: Path) -> bool:
         with zipfile.ZipFile(path) as z:
             return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
     except zipfile.BadZipFile:
+        return False
+
+
+def _is_safetensors(path: Path) -> bool:
+    """safetensors: an 8-byte little-endian header length, then a JSON header."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 100_000_000
+    except OSError:
         return False
 
 
@@ -75,6 +85,18 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Any:
         raise CheckpointError(f"checkpoint {path} is not a file", hint="point teacher.checkpoint at a .pt/.pth file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty", hint="re-save or re-download it")
+    if _is_safetensors(path):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise MissingDependency(f"checkpoint {path} is a safetensors file, and the safetensors package is not "
+                                    "installed", hint="pip install safetensors") from None
+        try:
+            return load_file(str(path), device="cpu")  # plain tensors only: nothing in the file can run code
+        except Exception as e:  # safetensors raises its own error types: CheckpointError naming the file
+            raise CheckpointError(f"checkpoint {path} is a damaged safetensors file ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:160] if str(e) else ''})",
+                                  hint="re-save or re-download it") from None
     if _is_torchscript(path):
         try:
             return torch.jit.load(str(path), map_location="cpu")

@@ -137,7 +137,8 @@ def spec_fingerprint(spec: str) -> str | None:
         if scheme.endswith(".py"):
             origin = Path(scheme)
         else:
-            found = importlib.util.find_spec(scheme)
+            with user_code(scheme):  # find_spec imports the parent packages, which may call sys.exit
+                found = importlib.util.find_spec(scheme)
             origin = Path(found.origin) if found and found.origin else None
         if origin is None or not origin.is_file():
             return None
