@@ -470,3 +470,19 @@ def test_safetensors_checkpoint_loads(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes((tmp_path / "m.safetensors").read_bytes()[:300])
     with pytest.raises(CheckpointError, match="damaged safetensors"):
         load_into(_src(2), tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("numpy_module", ["numpy._core", "numpy.core"])
+def test_checkpoint_with_numpy_scalars_and_args_loads_without_pickle_opt_in(tmp_path, numpy_module):
+    import argparse
+
+    src = _src()
+    torch.save({"state_dict": src.state_dict(), "best_prec1": np.float64(91.7), "curve": np.arange(3.0),
+                "args": argparse.Namespace(lr=0.1, arch="resnet8")}, tmp_path / "ck.pt",
+               _use_new_zipfile_serialization=False)
+    data = (tmp_path / "ck.pt").read_bytes()
+    if numpy_module == "numpy.core":  # what a file written under numpy < 2 names
+        assert b"numpy._core.multiarray" in data
+        data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    (tmp_path / "ck.pt").write_bytes(data)
+    assert _same(load_into(_src(2), tmp_path / "ck.pt"), src)

@@ -31,6 +31,24 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+def _harmless_globals() -> list:
+    """Globals published checkpoints name beside their weights that only rebuild plain data: numpy scalars
+    and arrays (e.g. a saved 'best_acc'), numpy dtypes and argparse.Namespace (the training 'args').
+    Allowed in weights_only loading under both numpy module spellings (numpy<2 wrote numpy.core)."""
+    import argparse
+
+    import numpy as np
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    out: list = [argparse.Namespace, np.ndarray, np.dtype]
+    for fn in (multiarray.scalar, multiarray._reconstruct):
+        out += [(fn, f"numpy.core.multiarray.{fn.__name__}"), (fn, f"numpy._core.multiarray.{fn.__name__}")]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        out += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return out
+
+
 def _is_safetensors(path: Path) -> bool:
     """safetensors: an 8-byte little-endian header length, then a JSON header."""
     try:
@@ -107,7 +125,8 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*pickle protocol.*")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(_harmless_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types for bad files: CheckpointError naming the cause
         text = str(e)
         # Only a refused global means "a pickled object"; random bytes fail weights_only with other messages.
@@ -172,7 +191,13 @@ def extract_state_dict(obj: Any, expected: set[str] | None = None) -> dict[str, 
                  if w == "<top level>" or w.split(".")[0] in WRAPPER_KEYS or set(remap_prefixes(sd, expected)) & expected]
     if not found:
         if isinstance(obj, dict):
-            keys = ", ".join(map(str, list(obj)[:8])) or "none"
+            def kind(v):
+                t = type(v)
+                return t.__name__ if t.__module__ == "builtins" else f"{t.__module__.split('.')[0]}.{t.__name__}"
+
+            items = list(obj.items())[:8]
+            keys = (", ".join(str(k) for k, _ in items) + " (values of type "
+                    + ", ".join(dict.fromkeys(kind(v) for _, v in items)) + ")") if items else "none"
             raise CheckpointError(f"the checkpoint holds no state dict (its top-level keys: {keys})",
                                   hint=f"save model.state_dict(), or a dict holding it under one of the keys "
                                        f"{list(WRAPPER_KEYS)}")
