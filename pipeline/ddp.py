@@ -325,7 +325,11 @@ def worker(job: dict) -> None:
         loss_fn, criterion = make_kd_loss(student, t_model, cfg.losses, splits.x_train, cache)
         for p in criterion.parameters():  # trainable loss parts (FitNet connectors) start equal on every rank
             dist.broadcast(p.data, 0)
-        ddp_model = DistributedDataParallel(student)  # broadcasts rank 0's weights and buffers
+        from pipeline.models.outputs import logits_path
+
+        # broadcasts rank 0's weights and buffers; outputs other than the selected logits (an aux head) get no
+        # gradient, which DDP only tolerates when told to look for unused parameters
+        ddp_model = DistributedDataParallel(student, find_unused_parameters=bool(logits_path(student)))
 
         def report(p: dict) -> None:
             print(PROGRESS + json.dumps(p), flush=True)
