@@ -486,3 +486,30 @@ def test_checkpoint_with_numpy_scalars_and_args_loads_without_pickle_opt_in(tmp_
         data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
     (tmp_path / "ck.pt").write_bytes(data)
     assert _same(load_into(_src(2), tmp_path / "ck.pt"), src)
+
+
+class AuxInTraining(nn.Module):
+    """Like torchvision's Inception/GoogLeNet: (logits, aux) in training mode, logits alone in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc, self.aux = nn.Linear(4, 10), nn.Linear(4, 3)
+
+    def forward(self, x):
+        f = self.bn(self.conv(x)).mean((2, 3))
+        return (self.fc(f), self.aux(f)) if self.training else self.fc(f)
+
+
+def test_model_with_aux_logits_only_in_training_mode():
+    from pipeline.train import fit
+
+    m = AuxInTraining()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m = check_accepts_input(m, X, 10, "teacher", "inception-like")
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())  # the probe left no trace
+    m.train()
+    assert m(torch.from_numpy(X)).shape == (4, 10)
+    y = np.array([0, 1, 2, 3])
+    fit(m, X, y, X, y, epochs=1, lr=0.01, batch_size=2, momentum=0.9, weight_decay=0, seed=0)

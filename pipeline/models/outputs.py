@@ -156,7 +156,8 @@ class _ScriptedLogits(nn.Module):
         self._logits_path = tuple(path)
 
     def forward(self, x):
-        return follow(self.inner(x), self._logits_path)
+        out = self.inner(x)
+        return out if isinstance(out, torch.Tensor) else follow(out, self._logits_path)
 
 
 _CLASSES: dict[tuple[type, tuple], type] = {}
@@ -176,7 +177,10 @@ def with_logits(model: nn.Module, path: tuple | list) -> nn.Module:
     cls = _CLASSES.get(key)
     if cls is None:
         def forward(self, *args, **kwargs):
-            return follow(base.forward(self, *args, **kwargs), path)
+            out = base.forward(self, *args, **kwargs)
+            # Some models return a tensor in eval mode and a tuple in training (torchvision Inception's aux
+            # logits): the path applies to the structured form only.
+            return out if isinstance(out, torch.Tensor) else follow(out, path)
 
         # Same names so messages, hooks and torch-pruning see the user's class.
         cls = type(base.__name__, (base,), {"forward": forward, "_logits_path": path,

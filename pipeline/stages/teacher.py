@@ -45,9 +45,13 @@ def check_accepts_input(model, x, num_classes: int, role: str, spec: str, output
                                "for this input (it receives in_channels and num_classes when it accepts them)") from None
     finally:
         model.train(was_training)
-    path = resolve_path(out, output, num_classes, len(example), role, spec)
+    structured = out
+    if isinstance(out, torch.Tensor):  # a model may return more in training mode (aux logits): look there too
+        structured = _train_mode_output(model, example, role, spec)
+    path = resolve_path(structured if not isinstance(structured, torch.Tensor) else out, output, num_classes,
+                        len(example), role, spec)
     model = with_logits(model, path)
-    if path:
+    if path and not isinstance(out, torch.Tensor):
         from pipeline.models.outputs import follow
 
         out = follow(out, path)
@@ -95,6 +99,27 @@ def teacher_split_note(splits, val_acc: float, test_acc: float, alpha: float = 0
                          "than sampling error; a pretrained teacher may have seen these training images, or the test "
                          "images differ from the training ones - judge the teacher by its test figure")
     return notes
+
+
+def _train_mode_output(model, example, role: str, spec: str):
+    """The forward's output in training mode (some models add aux logits there), leaving no trace: no
+    gradients, BatchNorm statistics and the random state restored."""
+    import torch
+
+    was_training = model.training
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model.train()
+            return model(example)
+    except Exception as e:  # the user's model in training mode: one line naming it (exit 2)
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ConfigError(f"the {role} model {spec} fails in training mode on a batch of shape "
+                          f"{tuple(example.shape)}: {type(e).__name__}: {first}",
+                          hint="check the model's training-mode forward (it must take only the image batch)") from None
+    finally:
+        model.load_state_dict(saved)
+        model.train(was_training)
 
 
 def _describe(model, splits, ctx: StageContext) -> None:
