@@ -513,3 +513,26 @@ def test_model_with_aux_logits_only_in_training_mode():
     assert m(torch.from_numpy(X)).shape == (4, 10)
     y = np.array([0, 1, 2, 3])
     fit(m, X, y, X, y, epochs=1, lr=0.01, batch_size=2, momentum=0.9, weight_decay=0, seed=0)
+
+
+class TrainingConfig:  # a class of "the training code", saved beside the weights
+    def __init__(self):
+        self.lr = 0.1
+
+
+def test_lightning_like_checkpoint_loads_the_weights_without_running_the_objects(tmp_path):
+    import os
+
+    src = _src()
+    marker = tmp_path / "RAN"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"state_dict": {f"model.{k}": v for k, v in src.state_dict().items()}, "epoch": 3,
+                "hyper_parameters": {"cfg": TrainingConfig()}, "callbacks": Evil()}, tmp_path / "pl.ckpt")
+    notes: list[str] = []
+    assert _same(load_into(_src(2), tmp_path / "pl.ckpt", notes=notes), src)
+    assert not marker.exists()
+    assert "nothing in it was run" in notes[0] and "TrainingConfig" in notes[0]

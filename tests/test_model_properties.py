@@ -143,6 +143,15 @@ def _model(seed: int = 0) -> nn.Module:
     return m
 
 
+class HParams(dict):
+    """A dict subclass of 'the training code' (like Lightning's AttributeDict)."""
+
+
+class Config:
+    def __init__(self):
+        self.lr, self.arch = 0.1, "tiny"
+
+
 PREFIXES = ["", "module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module.", "model.", "net."]
 WRAPPERS = [None, "state_dict", "model", "net", "model_state_dict", "ema", "params", "state_dict_ema"]
 DAMAGE = [None, None, None, "shape", "drop_weight", "extra_key", "num_classes"]
@@ -150,9 +159,10 @@ DAMAGE = [None, None, None, "shape", "drop_weight", "extra_key", "num_classes"]
 
 @SETTINGS
 @given(prefix=st.sampled_from(PREFIXES), wrapper=st.sampled_from(WRAPPERS), drop_nbt=st.booleans(),
-       half=st.booleans(), legacy=st.booleans(), with_optimizer=st.booleans(), damage=st.sampled_from(DAMAGE))
+       half=st.booleans(), legacy=st.booleans(), with_optimizer=st.booleans(), damage=st.sampled_from(DAMAGE),
+       with_objects=st.booleans())
 def test_generated_checkpoints_load_equal_or_refuse(prefix, wrapper, drop_nbt, half, legacy, with_optimizer,
-                                                    damage):
+                                                    damage, with_objects):
     src = _model(1)
     sd = {k: v.clone() for k, v in src.state_dict().items()}
     if drop_nbt:
@@ -172,6 +182,8 @@ def test_generated_checkpoints_load_equal_or_refuse(prefix, wrapper, drop_nbt, h
     if with_optimizer and isinstance(obj, dict) and wrapper is not None:
         obj["optimizer"] = {"state": {0: {"momentum_buffer": torch.zeros(2)}}, "param_groups": [{"lr": 0.1}]}
         obj["epoch"] = 7
+    if with_objects and wrapper is not None:  # training-code objects beside the weights (read as inert stubs)
+        obj["hyper_parameters"] = HParams(lr=0.1, config=Config())
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ck.pt"
         torch.save(obj, path, _use_new_zipfile_serialization=not legacy)

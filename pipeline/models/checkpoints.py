@@ -49,6 +49,25 @@ def _harmless_globals() -> list:
     return out
 
 
+class BesideObjects:
+    """A checkpoint read with inert stubs for the objects torch's weights_only loader refuses
+    (pipeline/models/stub_unpickle.py): usable only when its state dict holds no stub."""
+
+    def __init__(self, obj: Any, stubbed: list[str], refused: str):
+        self.obj, self.stubbed, self.refused = obj, stubbed, refused
+
+
+def _load_beside_objects(path: Path) -> "BesideObjects | None":
+    from pipeline.models.stub_unpickle import load_with_stubs
+
+    try:
+        obj, stubbed = load_with_stubs(path, _harmless_globals())
+    except Exception:  # noqa: BLE001 - best effort: the caller then refuses the file as a pickled object
+        return None
+    glob = _unsupported_global("", path) or ", ".join(stubbed[:5])
+    return BesideObjects(obj, stubbed, glob)
+
+
 def _is_safetensors(path: Path) -> bool:
     """safetensors: an 8-byte little-endian header length, then a JSON header."""
     try:
@@ -135,6 +154,9 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Any:
         if glob:
             holds = f" (it names {glob})" if glob else ""
             if not allow_pickle:
+                stubbed = _load_beside_objects(path)
+                if stubbed is not None:
+                    return stubbed
                 raise CheckpointError(
                     f"checkpoint {path} is a pickled object, not plain weights{holds}; unpickling it could run "
                     "code, so it was not loaded",
@@ -162,7 +184,7 @@ def _is_state_dict(obj: Any) -> bool:
         and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def _candidates(obj: Any, where: str = "", depth: int = 0) -> list[tuple[str, dict]]:
+def _candidates(obj: Any, where: str = "", depth: int = 0, strict: bool = False) -> list[tuple[str, dict]]:
     """Every state dict inside `obj` ({'state_dict': ...}, {'model': {...}}, {'ema': ...}, nested dicts with
     optimizer state beside them), with where it was found."""
     if isinstance(obj, nn.Module):
@@ -173,18 +195,19 @@ def _candidates(obj: Any, where: str = "", depth: int = 0) -> list[tuple[str, di
     if isinstance(obj, dict) and depth < 4:
         # A state dict with a few non-tensor entries beside the tensors (e.g. an 'epoch' counter).
         tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-        if len(tensors) >= 2 and len(tensors) >= len(obj) - 2:
+        if not strict and len(tensors) >= 2 and len(tensors) >= len(obj) - 2:
             found.append((where or "<top level>", tensors))
         for k, v in obj.items():
             if isinstance(v, (dict, nn.Module)):
-                found.extend(_candidates(v, f"{where}.{k}" if where else str(k), depth + 1))
+                found.extend(_candidates(v, f"{where}.{k}" if where else str(k), depth + 1, strict))
     return found
 
 
-def extract_state_dict(obj: Any, expected: set[str] | None = None) -> dict[str, torch.Tensor]:
+def extract_state_dict(obj: Any, expected: set[str] | None = None, strict: bool = False) -> dict[str, torch.Tensor]:
     """The state dict inside a checkpoint object: the one whose keys (after prefix stripping) best match
-    `expected`, preferring the usual wrapper keys in WRAPPER_KEYS order on a tie."""
-    found = _candidates(obj)
+    `expected`, preferring the usual wrapper keys in WRAPPER_KEYS order on a tie. `strict`: only dicts that
+    hold tensors and nothing else (a dict with any other object in it is not taken for weights)."""
+    found = _candidates(obj, strict=strict)
     if found and expected and isinstance(obj, dict):
         # Tensors under other keys (optimizer state, a lone 'lr') are not the weights unless their keys match.
         found = [(w, sd) for w, sd in found
@@ -344,8 +367,28 @@ def _takes(model: nn.Module, name: str) -> bool:
         return False
 
 
+def _weights_beside_objects(obj: BesideObjects, path, expected: set[str], field: str) -> dict[str, torch.Tensor]:
+    """The plain state dict beside the refused objects; the old refusal when the weights themselves are
+    (inside) such an object: a pickled full model, or code planted among the tensors."""
+    from pipeline.models.stub_unpickle import Stub
+
+    refusal = CheckpointError(
+        f"checkpoint {path} is a pickled object, not plain weights (it names {obj.refused}); unpickling it could "
+        "run code, so it was not loaded",
+        hint=f"save model.state_dict() instead, or set {field}.allow_pickle=true if you trust this file")
+    if isinstance(obj.obj, Stub):
+        raise refusal
+    try:
+        sd = extract_state_dict(obj.obj, expected, strict=True)
+    except CheckpointError:
+        raise refusal from None
+    if not set(remap_prefixes(sd, expected)) & expected:
+        raise refusal
+    return sd
+
+
 def load_into(model: nn.Module, path: str | Path, allow_pickle: bool = False, kwargs: dict | None = None,
-              field: str = "teacher") -> nn.Module:
+              field: str = "teacher", notes: list[str] | None = None) -> nn.Module:
     """Load weights into `model` and return it; a TorchScript file is returned as it is.
 
     Accepts exactly what PyTorch's strict `load_state_dict` accepts (after unwrapping the state dict and
@@ -358,7 +401,14 @@ def load_into(model: nn.Module, path: str | Path, allow_pickle: bool = False, kw
     if isinstance(obj, torch.jit.ScriptModule):
         return obj
     model_sd = model.state_dict()
-    sd = remap_prefixes(extract_state_dict(obj, set(model_sd)), set(model_sd))
+    if isinstance(obj, BesideObjects):
+        sd = _weights_beside_objects(obj, path, set(model_sd), field)
+        if notes is not None:
+            notes.append(f"{path}: read the weights only; {len(obj.stubbed)} other pickled object type(s) in the "
+                         f"file were not loaded and nothing in it was run ({', '.join(obj.stubbed[:4])})")
+    else:
+        sd = extract_state_dict(obj, set(model_sd))
+    sd = remap_prefixes(sd, set(model_sd))
     try:
         model.load_state_dict(sd, strict=True)
         return model

@@ -142,7 +142,7 @@ def run_teacher(runner: Runner, recipe, data: StageResult) -> StageResult:
         set_seed(recipe.seed)  # the initial weights are part of a reproducible teacher
         model = build_model(cfg.model, cfg.kwargs, c, n)
         if ckpt:
-            model = load_into(model, ckpt, allow_pickle=cfg.allow_pickle, kwargs=cfg.kwargs)
+            model = load_into(model, ckpt, allow_pickle=cfg.allow_pickle, kwargs=cfg.kwargs, notes=ctx.notes)
             ctx.notes.append(f"teacher loaded from {ckpt}")
         model = check_accepts_input(model, splits.x_train, n, "teacher", cfg.model, cfg.output)
         import torch
