@@ -269,6 +269,9 @@ def test_user_file_that_exits_or_parses_argv_at_import(tmp_path, monkeypatch):
     assert "exits.py called sys.exit(3)" in e.value.message and e.value.exit_code == 2
     m = build_model(f"{tmp_path / 'argv.py'}:build", {}, 1, 10)  # argparse saw only [file]
     assert isinstance(m, nn.Linear) and sys.argv == ["pipeline", "run", "--set", "seed=1"]
+    (tmp_path / "asks.py").write_text("name = input('dataset? ')\n" + good)
+    with pytest.raises(ConfigError, match="asks.py failed: EOFError"):  # never waits for a keyboard
+        build_model(f"{tmp_path / 'asks.py'}:build", {}, 1, 10)
 
 
 class Unexportable(nn.Module):

@@ -60,10 +60,14 @@ _FILE_MODULES: dict[tuple[str, int, int], Any] = {}
 
 @contextlib.contextmanager
 def user_code(what: str, argv0: str | None = None):
-    """Run the user's module or callable so it cannot end or hijack the run: sys.argv is [the file] while it
-    runs (argparse at module level sees no pipeline options), and sys.exit / SystemExit becomes exit 2."""
-    saved = sys.argv
+    """Run the user's module or callable so it cannot end, hijack or stall the run: sys.argv is [the file] while
+    it runs (argparse at module level sees no pipeline options), stdin is empty, and sys.exit / SystemExit
+    becomes exit 2."""
+    import io
+
+    saved, saved_stdin = sys.argv, sys.stdin
     sys.argv = [argv0 or what]
+    sys.stdin = io.StringIO("")  # input() at import time ends with EOFError (a clear error) instead of waiting
     try:
         yield
     except SystemExit as e:
@@ -72,7 +76,7 @@ def user_code(what: str, argv0: str | None = None):
                           hint="move script code under `if __name__ == \"__main__\":` so importing the file only "
                                "defines the model") from None
     finally:
-        sys.argv = saved
+        sys.argv, sys.stdin = saved, saved_stdin
 
 
 def _import_failed(what: str, e: BaseException, own: str | None = None):
