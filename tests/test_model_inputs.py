@@ -539,3 +539,11 @@ def test_lightning_like_checkpoint_loads_the_weights_without_running_the_objects
     assert _same(load_into(_src(2), tmp_path / "pl.ckpt", notes=notes), src)
     assert not marker.exists()
     assert "nothing in it was run" in notes[0] and "TrainingConfig" in notes[0]
+
+
+def test_selected_output_exports_with_torch_export():
+    """The LiteRT backend converts the torch model through torch.export: the selection must trace."""
+    m = check_accepts_input(Net("dict"), X, 10, "student", "n").eval()
+    x1 = torch.from_numpy(X[:1])
+    exported = torch.export.export(m, (x1,)).module()
+    assert torch.allclose(exported(x1), m(x1))

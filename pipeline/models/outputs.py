@@ -14,6 +14,7 @@ working), and deepcopy keeps the selection.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Union
 
 import torch
@@ -176,6 +177,7 @@ def with_logits(model: nn.Module, path: tuple | list) -> nn.Module:
     key = (base, path)
     cls = _CLASSES.get(key)
     if cls is None:
+        @functools.wraps(base.forward)  # keeps the signature torch.export / tracing inspect
         def forward(self, *args, **kwargs):
             out = base.forward(self, *args, **kwargs)
             # Some models return a tensor in eval mode and a tuple in training (torchvision Inception's aux
