@@ -180,6 +180,8 @@ def _map_environment_error(e: BaseException):
 def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import PipelineError
 
+    global _RUN_DIR
+    _RUN_DIR = None  # set by a command once it knows its run folder
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("PIPELINE_DEBUG") == "1"
     parser = build_parser()
