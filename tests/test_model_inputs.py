@@ -547,3 +547,21 @@ def test_selected_output_exports_with_torch_export():
     x1 = torch.from_numpy(X[:1])
     exported = torch.export.export(m, (x1,)).module()
     assert torch.allclose(exported(x1), m(x1))
+
+
+def test_internal_error_during_a_run_logs_into_the_run_folder(tmp_path, monkeypatch, capsys):
+    import pipeline.orchestrate as orch
+    from pipeline.cli import main
+
+    def broken(*a, **k):
+        raise ZeroDivisionError("a bug inside a stage")
+
+    monkeypatch.setattr(orch, "run_data", broken)
+    out = tmp_path / "run"
+    rc = main(["run", "--target", "onnxruntime", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 4 and "Traceback" not in err and "internal error: ZeroDivisionError: a bug inside a stage" in err
+    logs = list((out / "logs").glob("error-*.log"))
+    assert len(logs) == 1 and "ZeroDivisionError" in logs[0].read_text() and str(logs[0]) in " ".join(err.split())
+    with pytest.raises(ZeroDivisionError):  # --debug: the real exception, with its traceback
+        main(["run", "--target", "onnxruntime", "--out", str(out), "--debug"])
