@@ -565,3 +565,13 @@ def test_internal_error_during_a_run_logs_into_the_run_folder(tmp_path, monkeypa
     assert len(logs) == 1 and "ZeroDivisionError" in logs[0].read_text() and str(logs[0]) in " ".join(err.split())
     with pytest.raises(ZeroDivisionError):  # --debug: the real exception, with its traceback
         main(["run", "--target", "onnxruntime", "--out", str(out), "--debug"])
+
+
+def test_checkpoint_of_another_architecture_is_named_as_such(tmp_path):
+    from pipeline.models.zoo import small_cnn
+
+    torch.save(small_cnn(in_channels=1, num_classes=10).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_into(resnet8(in_channels=1, num_classes=10, width=32), tmp_path / "other.pt")
+    assert "unexpected in checkpoint: features (18 tensors in 6 module(s)" in e.value.message
+    assert "probably saved from another architecture" in e.value.hint

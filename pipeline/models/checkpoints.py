@@ -416,6 +416,10 @@ def load_into(model: nn.Module, path: str | Path, allow_pickle: bool = False, kw
         torch_text = str(e)
     diff = key_diff(model_sd, sd) or torch_text.splitlines()[0][:300]
     hints = likely_kwargs(model, model_sd, sd, kwargs)
+    shared = len(set(model_sd) & set(sd))
+    if shared < len(model_sd) / 2:
+        hints.insert(0, f"only {shared} of the model's {len(model_sd)} tensor names are in the checkpoint: it was "
+                        f"probably saved from another architecture; set {field}.model to the one it was saved from")
     hint = "; ".join(hints + [f"check {field}.model / {field}.kwargs, or the checkpoint you meant"])
     if isinstance(obj, nn.Module):
         cls = type(obj)
