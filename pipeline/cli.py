@@ -1,7 +1,8 @@
 """Command line: `python -m pipeline run|targets|init|...`.
 
-Exit codes: 0 done, 1 a gate or regression failed, 2 bad input or config, 3 a missing dependency.
-Errors print one clear line (and a fix); `--debug` shows the traceback.
+Exit codes: 0 done, 1 a gate or regression failed, 2 bad input or config, 3 a missing dependency,
+4 an internal error (one line, the path of its log with the traceback). Errors print one clear line
+(and a fix); `--debug` (any subcommand) shows the traceback.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def cmd_run(args) -> int:
     from pipeline.out_path import check_out_dir
 
     check_out_dir(out, "--out" if args.out else "the run folder")
+    global _RUN_DIR
+    _RUN_DIR = out  # where an internal error's log goes (runs/<name>/logs/)
     console = _console()
     console.print(f"[bold]run[/bold] {recipe.name} -> {out}  targets: {', '.join(recipe.targets)}")
     result = run_pipeline(recipe, out, args.profiles or [], console=console)
@@ -98,7 +101,54 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline import cli_tools
 
     cli_tools.add_commands(sub)
+    for sp in sub.choices.values():  # `--debug` is accepted after any subcommand too
+        if "--debug" not in sp._option_string_actions:
+            sp.add_argument("--debug", action="store_true", help="show tracebacks")
     return ap
+
+
+_RUN_DIR: Path | None = None
+LOGS_DIR = "logs"  # runs/<name>/logs/: shared with the third-party log capture
+
+
+def write_error_log(exc: BaseException, argv: list[str]) -> Path:
+    """The full traceback of an unexpected error, in the run folder's logs/ (or a temp folder when there is
+    no run folder yet: an error before any work must not create one)."""
+    import tempfile
+    import time
+    import traceback
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    text = (f"command: python -m pipeline {' '.join(argv)}\n"
+            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    folder = None
+    if _RUN_DIR is not None and _RUN_DIR.is_dir():
+        folder = _RUN_DIR / LOGS_DIR
+    for candidate in ([folder] if folder else []) + [None]:
+        try:
+            if candidate is None:
+                candidate = Path(tempfile.mkdtemp(prefix="pipeline-error-"))
+            candidate.mkdir(parents=True, exist_ok=True)
+            path = candidate / f"error-{stamp}-{os.getpid()}.log"
+            path.write_text(text, encoding="utf-8")
+            return path
+        except OSError:  # an unwritable run folder: fall back to a temp folder
+            continue
+    raise OSError("no folder to write the error log to")
+
+
+def _internal_error(exc: BaseException, argv: list[str]) -> int:
+    """Exit 4: one line naming the error, where its log is, and how to see the traceback."""
+    from rich.markup import escape
+
+    first = str(exc).splitlines()[0][:300] if str(exc) else ""
+    try:
+        where = f"full log: {write_error_log(exc, argv)}"
+    except OSError as e:  # nowhere to write: still one line
+        where = f"the log could not be written ({e})"
+    _err_console().print(f"[red]internal error:[/red] {escape(type(exc).__name__)}: {escape(first)}", soft_wrap=True)
+    _err_console().print(f"  {where}; rerun with --debug for the traceback", markup=False, soft_wrap=True)
+    return 4
 
 
 def _map_environment_error(e: BaseException):
@@ -122,6 +172,8 @@ def _map_environment_error(e: BaseException):
 def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import PipelineError
 
+    global _RUN_DIR
+    _RUN_DIR = None  # set by a command once it knows its run folder
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("PIPELINE_DEBUG") == "1"
     parser = build_parser()
@@ -131,10 +183,16 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.fn(args) or 0)
         except PipelineError:
             raise
+        except SystemExit as e:  # code below us (a user's model, a library) tried to end the run
+            if debug:
+                raise
+            return _internal_error(RuntimeError(f"sys.exit({e.code!r}) was called inside the command"), argv)
         except Exception as e:  # last-resort mapping of environment failures to clear errors
             mapped = _map_environment_error(e)
-            if mapped is None or debug:
+            if debug:
                 raise
+            if mapped is None:
+                return _internal_error(e, argv)  # exit 4: one line + the log's path
             raise mapped from None
     except PipelineError as e:
         if debug:

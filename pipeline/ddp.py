@@ -69,7 +69,13 @@ def run_distill_ddp(runner, recipe, data, teacher):
         splits = read_splits(data)
         c, n = splits.input_shape[0], splits.num_classes
         # Bad model/data combinations stop here with one clear message, before any process starts.
-        check_accepts_input(build_model(scfg.model, scfg.kwargs, c, n), splits.x_train, n, "student", scfg.model)
+        import torch
+
+        from pipeline.models.onnx_check import check_exportable
+
+        probe = check_accepts_input(build_model(scfg.model, scfg.kwargs, c, n), splits.x_train, n, "student",
+                                    scfg.model, scfg.output)
+        check_exportable(probe, torch.from_numpy(splits.x_train[:1]), recipe.export.opset, "student", scfg.model)
         with tempfile.TemporaryDirectory(prefix="pipeline-ddp-") as tmp:
             job_dir = Path(tmp)
             job = {"recipe": recipe.model_dump(mode="json"), "data_dir": str(Path(data.dir).resolve()),
@@ -250,6 +256,8 @@ def ddp_fit(ddp_model, student, x_train, y_train, x_val, y_val, *, epochs: int, 
         order = torch.tensor(list(iter(sampler)), dtype=torch.long)
         total, count = 0.0, 0
         for i in range(0, len(order), local):
+            if len(order) - i == 1 and len(order) > 1:
+                break  # a 1-sample batch breaks BatchNorm (same rule as pipeline/train.py batches)
             idx = order[i:i + local]
             xb, yb = xt[idx], yt[idx]
             if do_augment:
@@ -305,6 +313,9 @@ def worker(job: dict) -> None:
         c, n = splits.input_shape[0], splits.num_classes
         torch.manual_seed(recipe.seed)  # same initial student on every rank (DDP also broadcasts rank 0's)
         student = build_model(scfg.model, scfg.kwargs, c, n)
+        from pipeline.stages.teacher import check_accepts_input
+
+        student = check_accepts_input(student, splits.x_train, n, "student", scfg.model, scfg.output)
         t_model = load_model(Path(job["teacher_dir"]))
         t_model.eval()
         for p in t_model.parameters():
@@ -313,7 +324,11 @@ def worker(job: dict) -> None:
         loss_fn, criterion = make_kd_loss(student, t_model, cfg.losses, splits.x_train, cache)
         for p in criterion.parameters():  # trainable loss parts (FitNet connectors) start equal on every rank
             dist.broadcast(p.data, 0)
-        ddp_model = DistributedDataParallel(student)  # broadcasts rank 0's weights and buffers
+        from pipeline.models.outputs import logits_path
+
+        # broadcasts rank 0's weights and buffers; outputs other than the selected logits (an aux head) get no
+        # gradient, which DDP only tolerates when told to look for unused parameters
+        ddp_model = DistributedDataParallel(student, find_unused_parameters=bool(logits_path(student)))
 
         def report(p: dict) -> None:
             print(PROGRESS + json.dumps(p), flush=True)

@@ -1,7 +1,8 @@
 """Errors the CLI turns into one clear line and an exit code.
 
 Exit codes (docs/ERRORS.md): 0 done, 1 a gate or regression failed, 2 bad input or config,
-3 a dependency for a requested target is missing.
+3 a dependency for a requested target is missing, 4 an internal error (pipeline/cli.py: one line and
+the path of the log holding the traceback).
 """
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ def _importable(backend) -> tuple[bool, str]:
         try:
             with third_party():  # import-time banners (absl, oneDNN, torchao) go to the run's log
                 importlib.import_module(m)
-        except Exception as e:
+        except Exception as e:  # any import failure: the caller raises MissingDependency (exit 3) with it
             return False, f"{m} is installed but does not import ({type(e).__name__}: {e})"
     return True, why
 

@@ -228,7 +228,7 @@ class StructuredPruner:
     def __init__(self, model: nn.Module, example: torch.Tensor, cfg, ignored: list[str], shape: tuple[int, ...]):
         tp = _tp()
         self.model, self.cfg, self.shape = model.eval(), cfg, shape
-        self.base_macs = count_macs(model, shape)
+        self.base_macs = _macs(model, shape)
         self.target = cfg.target_macs_ratio
         ignored_mods = [model.get_submodule(n) for n in ignored]
         common = dict(importance=tp.importance.GroupMagnitudeImportance(p=2), global_pruning=cfg.global_pruning,
@@ -249,7 +249,7 @@ class StructuredPruner:
                 "channels left down to 0)",
                 hint="lower prune.ratio / raise prune.target_macs_ratio, lower prune.round_to, or add these layers "
                      "to prune.exclude")
-        self.macs = count_macs(self.model, self.shape)  # a forward pass: raises when the graph broke
+        self.macs = _macs(self.model, self.shape)  # a forward pass: raises when the graph broke
 
     def run_round(self, i: int) -> None:
         """Round i of cfg.steps (1-based)."""
@@ -273,6 +273,15 @@ class StructuredPruner:
                 f"prune.target_macs_ratio={self.target} is out of reach: pruning up to {TARGET_MAX_RATIO:.0%} of the "
                 f"prunable channels left {self.macs / self.base_macs:.3f}x the MACs",
                 hint="raise prune.target_macs_ratio, or remove layers from prune.exclude")
+
+
+def _macs(model, shape) -> int:
+    """MACs of a model being pruned: the MACs targets need a count, so an uncountable model is refused."""
+    macs = count_macs(model, shape)
+    if macs is None:
+        raise PipelineError("the MACs of the model being pruned cannot be counted (no conv or matmul seen)",
+                            hint="prune by prune.ratio on a model with conv/linear layers, or set prune.enabled=false")
+    return macs
 
 
 def split_epochs(total: int, rounds: int) -> list[int]:
@@ -653,7 +662,7 @@ def prune_student(ctx, recipe, data, teacher, student) -> None:
     try:
         x = splits.x_test[:64]
         diff = float(np.abs(predict(load_model(ctx.dir), x) - predict(pruned, x)).max())
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - a reload failure is reported below as a PipelineError with its cause
         diff, why = float("inf"), _failure_text(e)
     else:
         why = f"max |logit diff| {diff:.2e}"

@@ -9,13 +9,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator,
+                      model_validator)
 
 from pipeline.distill.losses import DEFAULT_TERMS, LossTerm
 from pipeline.errors import ConfigError
+
+
+# scikit-learn's random_state takes 0..2**32-1 and the code adds offsets to the seed (seed + 1 for the
+# validation split, seed + round for pruning recovery rounds): keep headroom for them.
+SEED_MAX = 2**32 - 1 - 1000
+SEED_HELP = f"random seed, 0..{SEED_MAX}"
+
+OUTPUT_HELP = ("which part of the model's forward output holds the logits: auto, an index (0), a key or field "
+               "(logits), or a dotted path (1.logits)")
 
 
 class Section(BaseModel):
@@ -41,7 +51,7 @@ class DataConfig(Section):
     augment: bool = Field(False, description="random crop with padding + horizontal flip on the training split")
     hflip: bool = Field(False, description="horizontal flips in augmentation (off for digits: mirrored digits are other glyphs)")
     bad_images: Literal["skip", "error"] = "skip"
-    limit: Optional[int] = Field(None, ge=10, description="keep at most this many training images (quick runs)")
+    limit: Optional[int] = Field(None, ge=10, le=2**31 - 1, description="keep at most this many training images (quick runs)")
 
     @model_validator(mode="after")
     def _norm_len(self):
@@ -75,12 +85,14 @@ class TeacherConfig(Section):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=8))
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     min_accuracy: float = Field(0.0, ge=0, le=1, description="stop when the teacher's validation accuracy is below this")
+    output: Union[StrictInt, str] = Field("auto", description=OUTPUT_HELP)
 
 
 class StudentConfig(Section):
     model: str = "builtin:small_cnn"
     kwargs: dict[str, Any] = Field(default_factory=dict)
     max_macs_ratio: float = Field(0.2, gt=0, le=1.0, description="warn when student MACs exceed this fraction of the teacher's")
+    output: Union[StrictInt, str] = Field("auto", description=OUTPUT_HELP)
 
 
 class DistillConfig(TrainConfig):
@@ -97,7 +109,7 @@ class PruneConfig(Section):
     target_macs_ratio: Optional[float] = Field(None, gt=0, lt=1, description="prune until MACs <= this fraction")
     global_pruning: bool = False
     steps: int = Field(1, ge=1, le=100)
-    round_to: Optional[int] = Field(8, ge=1)
+    round_to: Optional[int] = Field(8, ge=1, le=1024)
     exclude: list[str] = Field(default_factory=list, description="module paths never pruned (the classifier always is)")
     # KD recovery after pruning (with the distill losses). Measured on digits, default student, ratio 0.5 (0.25x
     # MACs): 30 epochs at lr 0.02 lost no test accuracy for seeds 0, 1, 2; 10-20 epochs lost 0.6-1.7 points (seed 0).
@@ -115,14 +127,14 @@ class CalibrationConfig(Section):
     method: Literal["minmax", "percentile", "entropy"] = "minmax"
     percentile: float = Field(99.99, gt=50, le=100)
     bins: int = Field(2048, ge=128, le=65536, description="histogram bins for entropy/percentile")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX, description=SEED_HELP)
 
 
 class QuantizeConfig(Section):
     enabled: bool = True
     max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="budget vs the FP32 student, defended on the validation split")
     fallback: bool = Field(True, description="keep the most sensitive layers in higher precision until the budget holds")
-    max_fallback_layers: int = Field(8, ge=0)
+    max_fallback_layers: int = Field(8, ge=0, le=10000)
     test_gate: Literal["stats", "hard", "off"] = Field(
         "stats", description="test split: fail when the drop exceeds the budget and is statistically real (stats), "
                              "on any drop over the budget (hard), or never (off); the budget is decided on validation")
@@ -131,17 +143,17 @@ class QuantizeConfig(Section):
 class BenchmarkConfig(Section):
     enabled: bool = True
     repeats: int = Field(3, ge=1, le=50)
-    warmup: int = Field(20, ge=0)
-    min_iters: int = Field(50, ge=1)
+    warmup: int = Field(20, ge=0, le=1_000_000)
+    min_iters: int = Field(50, ge=1, le=10_000_000)
     min_time_s: float = Field(0.5, gt=0)
     max_time_s: float = Field(20.0, gt=0)
-    batch: int = Field(1, ge=1)
-    threads: Optional[int] = Field(None, ge=1, description="default: the profile's threads, capped by this host's cores")
+    batch: int = Field(1, ge=1, le=65536)
+    threads: Optional[int] = Field(None, ge=1, le=1024, description="default: the profile's threads, capped by this host's cores")
 
 
 class Recipe(Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX, description=SEED_HELP)
     targets: list[str] = Field(default_factory=lambda: ["jetson"])
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
@@ -209,7 +221,48 @@ def _describe_error(err: dict) -> str:
     ctx = err.get("ctx") or {}
     if "expected" in ctx:
         allowed = f" (allowed: {ctx['expected']})"
+    elif err["type"] in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        allowed = _allowed_range(err["loc"])
     return f"{loc} = {shown}: {msg}{allowed}"
+
+
+def _allowed_range(loc) -> str:
+    """` (allowed: LOW..HIGH)` for a numeric field, read from the schema's own bounds."""
+    import annotated_types as at
+
+    model: Any = Recipe
+    info = None
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return ""
+        info = fields[part]
+        model = info.annotation
+        args = [a for a in getattr(model, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if args:
+            model = args[0]
+    if info is None:
+        return ""
+    lo: Any = None
+    hi: Any = None
+    lo_op, hi_op = ">=", "<="
+    for m in info.metadata:
+        if isinstance(m, at.Ge):
+            lo = m.ge
+        elif isinstance(m, at.Gt):
+            lo, lo_op = m.gt, ">"
+        elif isinstance(m, at.Le):
+            hi = m.le
+        elif isinstance(m, at.Lt):
+            hi, hi_op = m.lt, "<"
+    if lo is not None and hi is not None:
+        return f" (allowed: {lo_op} {lo} and {hi_op} {hi})" if (lo_op, hi_op) != (">=", "<=") else \
+            f" (allowed: {lo}..{hi})"
+    if lo is not None:
+        return f" (allowed: {lo_op} {lo})"
+    if hi is not None:
+        return f" (allowed: {hi_op} {hi})"
+    return ""
 
 
 def validate_recipe(data: dict, origin: str = "recipe") -> Recipe:

@@ -27,6 +27,10 @@ def quiet() -> bool:
 def batches(n: int, batch: int, shuffle: bool, gen: Optional[torch.Generator]) -> Iterator[torch.Tensor]:
     order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
     for i in range(0, n, batch):
+        if shuffle and n - i == 1 and n > 1:
+            # A 1-sample training batch breaks BatchNorm (BatchNorm1d heads raise on it): drop it. Shuffled,
+            # so a different sample sits out each epoch.
+            break
         yield order[i:i + batch]
 
 
@@ -94,10 +98,18 @@ def fit(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
             xb, yb = xt[idx], yt[idx]
             if do_augment:
                 xb = augment(xb, gen, hflip=hflip)
-            if loss_fn is None:
-                loss, _ = F.cross_entropy(model(xb), yb), {}
-            else:
-                loss, _ = loss_fn(model, xb, yb, idx, epoch)
+            try:
+                if loss_fn is None:
+                    loss, _ = F.cross_entropy(model(xb), yb), {}
+                else:
+                    loss, _ = loss_fn(model, xb, yb, idx, epoch)
+            except ValueError as e:
+                if "Expected more than 1 value per channel" not in str(e):
+                    raise
+                from pipeline.errors import ConfigError
+
+                raise ConfigError(f"{desc}: a training batch of {len(idx)} sample(s) reaches a BatchNorm layer, which "
+                                  "needs at least 2 per batch", hint="raise the batch size (batch_size >= 2)") from None
             if on_step is not None:
                 on_step(step, loss)
             opt.zero_grad(set_to_none=True)

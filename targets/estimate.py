@@ -223,7 +223,7 @@ def model_cost(model: str | Path | onnx.ModelProto, batch: int = 1, precision: s
     del m.graph.value_info[:]  # stale symbolic shapes from the exporter would conflict with the fixed batch
     try:
         m = shape_inference.infer_shapes(m, data_prop=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - onnx shape inference raises several types: ConfigError naming it
         raise ConfigError(f"ONNX shape inference failed: {e}") from None
     shapes = _shapes(m)
     inits = {i.name: i for i in m.graph.initializer}

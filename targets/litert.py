@@ -451,7 +451,7 @@ def _io_dtypes(path: Path) -> set[str]:
 def _delegated(it) -> bool:
     try:
         return any(o["op_name"] == "DELEGATE" for o in it._get_ops_details())
-    except Exception:
+    except Exception:  # best effort: a private interpreter helper, absent in some versions
         return False
 
 

@@ -97,10 +97,10 @@ def _load(path_or_model: Any):
             raise OnnxLoadError(f"{path}: no such file")
         try:
             model = onnx.load(path)
-        except Exception as exc:
+        except Exception as exc:  # weights in a missing/odd side file: retried without them below
             try:  # weights in a missing/odd side file: the graph is still lintable
                 model = onnx.load(path, load_external_data=False)
-            except Exception:
+            except Exception:  # not ONNX at all: OnnxLoadError naming the file
                 raise OnnxLoadError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
     if not model.opset_import and not model.graph.node:
         raise OnnxLoadError(f"{path or '<bytes>'}: not an ONNX model (no graph, no opset)")
@@ -146,7 +146,7 @@ class _Graph:
             return None
         try:
             return self._np.to_array(tensor)
-        except Exception:
+        except Exception:  # best effort: an initializer that cannot be read is treated as unknown
             return None
 
     def const_dtype(self, name: str) -> int | None:

@@ -51,7 +51,7 @@ for m in forbidden:
     try:
         if importlib.util.find_spec(m) is not None:
             found.append(m)
-    except Exception:
+    except Exception:  # best effort in the probe child: a module whose spec cannot be read counts as absent
         pass
 print(json.dumps({"python": platform.python_version(), "executable": sys.executable, "prefix": sys.prefix,
                   "versions": versions, "importable_forbidden": found, "sys_path": sys.path}))

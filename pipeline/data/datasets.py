@@ -142,7 +142,7 @@ def load_splits(cfg, seed: int) -> Splits:
     x = preprocess(raw.images[np.concatenate(parts)], cfg)
     a, b = len(train), len(train) + len(splits["val"])
     return Splits(x[:a], raw.labels[train], x[a:b], raw.labels[splits["val"]], x[b:], raw.labels[splits["test"]],
-                  raw.class_names, preprocessing_spec(cfg), list(raw.notes))
+                  raw.class_names, preprocessing_spec(cfg), list(raw.notes), sorted(raw.splits or {}))
 
 
 def check_finite(x: np.ndarray, what: str) -> None:

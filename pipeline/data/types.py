@@ -29,6 +29,7 @@ class Splits:
     class_names: list[str]
     preprocessing: dict[str, Any]
     notes: list[str] = field(default_factory=list)  # what the source said (kind, counts, skipped files)
+    fixed_splits: list[str] = field(default_factory=list)  # splits the source fixed (not carved here)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

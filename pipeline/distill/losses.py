@@ -89,7 +89,7 @@ class LossTerm(BaseModel):
     temperature: float | None = Field(None, gt=0.0, allow_inf_nan=False)
     alpha: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     beta: float | None = Field(None, ge=0.0, allow_inf_nan=False)
-    warmup: int | None = Field(None, ge=0)
+    warmup: int | None = Field(None, ge=0, le=10000)  # epochs, like distill.epochs
     student_layer: str | list[str] | None = None
     teacher_layer: str | list[str] | None = None
     label_smoothing: float | None = Field(None, ge=0.0, lt=1.0)
@@ -586,7 +586,7 @@ def build_criterion(terms: list[LossTerm] | list[dict], student: nn.Module, teac
     student_tap = FeatureTap(student, s_paths) if s_paths else None
     try:
         teacher_tap = FeatureTap(teacher, t_paths) if t_paths and teacher is not None else None
-    except Exception:
+    except Exception:  # remove the hook, then re-raise unchanged
         if student_tap:
             student_tap.remove()
         raise
@@ -601,7 +601,7 @@ def build_criterion(terms: list[LossTerm] | list[dict], student: nn.Module, teac
             if teacher_tap and teacher is not None:
                 shapes["teacher"] = _dry_run(teacher, example_input, teacher_tap, "teacher")
         modules = [LOSS_REGISTRY[t.name](t, shapes) for t in specs]
-    except Exception:
+    except Exception:  # remove the hooks, then re-raise unchanged
         for tap in (student_tap, teacher_tap):
             if tap:
                 tap.remove()

@@ -6,6 +6,7 @@ imported; nothing from a recipe is ever eval'd.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -41,7 +42,8 @@ def _call(fn, kwargs: dict[str, Any], in_channels: int, num_classes: int, what: 
                                "recipe to match (teacher.kwargs defaults to {width: 32} for the built-in teacher: "
                                "use --set teacher.kwargs={} for your own model)")
     try:
-        model = fn(**kw)
+        with user_code(what):
+            model = fn(**kw)
     except PipelineError:
         raise
     except Exception as e:  # the user's code: one line, not a traceback
@@ -54,6 +56,27 @@ def _call(fn, kwargs: dict[str, Any], in_channels: int, num_classes: int, what: 
 
 
 _FILE_MODULES: dict[tuple[str, int, int], Any] = {}
+
+
+@contextlib.contextmanager
+def user_code(what: str, argv0: str | None = None):
+    """Run the user's module or callable so it cannot end, hijack or stall the run: sys.argv is [the file] while
+    it runs (argparse at module level sees no pipeline options), stdin is empty, and sys.exit / SystemExit
+    becomes exit 2."""
+    import io
+
+    saved, saved_stdin = sys.argv, sys.stdin
+    sys.argv = [argv0 or what]
+    sys.stdin = io.StringIO("")  # input() at import time ends with EOFError (a clear error) instead of waiting
+    try:
+        yield
+    except SystemExit as e:
+        raise ConfigError(f"{what} called sys.exit({e.code!r}) while being imported or built (does it parse "
+                          "command-line arguments or run a script at import time?)",
+                          hint="move script code under `if __name__ == \"__main__\":` so importing the file only "
+                               "defines the model") from None
+    finally:
+        sys.argv, sys.stdin = saved, saved_stdin
 
 
 def _import_failed(what: str, e: BaseException, own: str | None = None):
@@ -81,8 +104,12 @@ def _load_file_module(path: Path):
         sys.path.append(folder)  # so the file can import its sibling modules (appended: never shadows packages)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)  # the user's own file, named by the user
-    except Exception as e:
+        with user_code(str(path), str(path)):
+            spec.loader.exec_module(module)  # the user's own file, named by the user
+    except ConfigError:
+        sys.modules.pop(name, None)
+        raise
+    except Exception as e:  # the user's file: ConfigError/MissingDependency naming it
         sys.modules.pop(name, None)
         raise _import_failed(str(path), e) from None
     _FILE_MODULES[key] = module
@@ -132,7 +159,7 @@ def _torchvision(name: str, kwargs: dict[str, Any], in_channels: int, num_classe
     kw = {"weights": None, "num_classes": num_classes, **kwargs}
     try:
         return tvm.get_model(name, **kw)
-    except Exception as e:
+    except Exception as e:  # torchvision's builders raise many types: ConfigError naming the model
         raise ConfigError(f"building torchvision:{name} failed: {type(e).__name__}: {e}",
                           hint="check teacher.kwargs / student.kwargs") from None
 
@@ -140,7 +167,7 @@ def _torchvision(name: str, kwargs: dict[str, Any], in_channels: int, num_classe
 def _timm(name: str, kwargs: dict[str, Any], in_channels: int, num_classes: int) -> nn.Module:
     try:
         import timm
-    except Exception as e:
+    except Exception as e:  # ImportError or a broken install: MissingDependency
         raise MissingDependency(f"timm is not usable here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
                                 hint="pip install -e '.[vision]' (timm needs torchvision: torch 2.14.1 + "
                                      "torchvision 0.29.1)") from None
@@ -148,7 +175,7 @@ def _timm(name: str, kwargs: dict[str, Any], in_channels: int, num_classes: int)
         raise ConfigError(f"timm has no model {name!r}", hint="see timm.list_models()")
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
-    except Exception as e:
+    except Exception as e:  # timm's builders raise many types: ConfigError naming the model
         raise ConfigError(f"building timm:{name} failed: {type(e).__name__}: {e}",
                           hint="check teacher.kwargs / student.kwargs") from None
 
@@ -178,8 +205,11 @@ def build_model(spec: str, kwargs: dict[str, Any] | None, in_channels: int, num_
             raise ConfigError(f"model spec {spec!r}: {scheme!r} is neither a known scheme, a module path nor a .py file",
                               hint=f"use {SPEC_FORMS}")
         try:
-            module = importlib.import_module(scheme)
-        except Exception as e:
+            with user_code(scheme):
+                module = importlib.import_module(scheme)
+        except ConfigError:
+            raise
+        except Exception as e:  # the user's package: a typed error naming it
             if isinstance(e, ModuleNotFoundError) and e.name and (scheme == e.name or scheme.startswith(e.name + ".")):
                 raise ConfigError(f"cannot import {scheme!r}: {e}",
                                   hint="check the module path (is it installed, or on PYTHONPATH?), or give "

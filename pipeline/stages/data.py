@@ -30,7 +30,8 @@ def run_data(runner: Runner, recipe) -> StageResult:
         np.savez(ctx.dir / "data.npz", x_train=s.x_train, y_train=s.y_train, x_val=s.x_val, y_val=s.y_val,
                  x_test=s.x_test, y_test=s.y_test)
         (ctx.dir / "data.json").write_text(json.dumps(
-            {"class_names": s.class_names, "preprocessing": s.preprocessing, "source": cfg.source}, indent=2))
+            {"class_names": s.class_names, "preprocessing": s.preprocessing, "source": cfg.source,
+             "fixed_splits": s.fixed_splits}, indent=2))
         ctx.notes.extend(s.notes)
         ctx.metrics.update(train=len(s.y_train), val=len(s.y_val), test=len(s.y_test),
                            classes=s.num_classes, input_shape=list(s.input_shape))
@@ -43,4 +44,5 @@ def read_splits(res: StageResult) -> Splits:
     info = json.loads(res.path("data.json").read_text())
     with np.load(res.path("data.npz")) as f:
         arrays = {k: f[k] for k in f.files}
-    return Splits(class_names=info["class_names"], preprocessing=info["preprocessing"], **arrays)
+    return Splits(class_names=info["class_names"], preprocessing=info["preprocessing"],
+                  fixed_splits=info.get("fixed_splits", []), **arrays)

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from pipeline.distill.losses import build_criterion, check_finite
-from pipeline.models.measure import count_macs, count_params
+from pipeline.models.measure import count_macs, count_params, macs_ratio
 from pipeline.models.spec import build_model
 from pipeline.runner import Runner, StageContext, StageResult
 from pipeline.stages.data import read_splits
@@ -73,9 +73,13 @@ def describe_student(ctx: StageContext, student, splits, hist, cached: bool, cfg
                        params=count_params(student), macs=count_macs(student, shape),
                        history=hist.epochs, teacher_outputs_cached=cached,
                        losses=[t.model_dump(mode="json", exclude_none=True) for t in cfg.losses])
-    ratio = ctx.metrics["macs"] / max(teacher.metrics["macs"], 1)
+    ratio = macs_ratio(ctx.metrics["macs"], teacher.metrics.get("macs"))
     ctx.metrics["macs_ratio_vs_teacher"] = ratio
-    if ratio > scfg.max_macs_ratio:
+    if ratio is None:
+        ctx.notes.append("student/teacher MACs ratio: unknown (the MACs of "
+                         + ("the teacher" if not teacher.metrics.get("macs") else "the student")
+                         + " could not be counted)")
+    elif ratio > scfg.max_macs_ratio:
         ctx.notes.append(f"warning: the student has {ratio:.2f}x the teacher's MACs "
                          f"(more than student.max_macs_ratio={scfg.max_macs_ratio})")
     note = teacher_below_student_note(teacher.metrics.get("val_accuracy"), hist.best_val_accuracy)
@@ -91,7 +95,11 @@ def run_distill(runner: Runner, recipe, data: StageResult, teacher: StageResult)
         c, n = splits.input_shape[0], splits.num_classes
         torch.manual_seed(recipe.seed)
         student = build_model(scfg.model, scfg.kwargs, c, n)
-        check_accepts_input(student, splits.x_train, n, "student", scfg.model)
+        student = check_accepts_input(student, splits.x_train, n, "student", scfg.model, scfg.output)
+        from pipeline.models.onnx_check import check_exportable
+
+        # Before any training: a student ONNX cannot export would only fail at the export stage.
+        check_exportable(student, torch.from_numpy(splits.x_train[:1]), recipe.export.opset, "student", scfg.model)
         t_model = load_model(teacher.dir)
         hist, cached = distill_student(student, t_model, splits, cfg, recipe.seed, recipe.data.augment,
                                        recipe.data.hflip)

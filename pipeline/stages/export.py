@@ -51,7 +51,7 @@ def run_export(runner: Runner, recipe, data: StageResult, model_stage: StageResu
         example = torch.from_numpy(splits.x_test[:1])
         try:
             model(example)
-        except Exception as e:
+        except Exception as e:  # the model's own forward: one typed line (exit 2)
             raise PipelineError(f"the model rejects inputs of shape {tuple(example.shape)}: {type(e).__name__}: {e}",
                                 hint="set data.input_size / data.channels to what the model expects") from None
         out = ctx.dir / "model.onnx"

@@ -43,7 +43,12 @@ def layer_widths(model: nn.Module) -> dict[str, dict]:
 
 def save_model(model: nn.Module, folder: Path, spec: str, kwargs: dict, in_channels: int, num_classes: int,
                pruned: bool = False) -> None:
+    from pipeline.models.outputs import logits_path, unwrap_scripted
+
     info = {"spec": spec, "kwargs": kwargs, "in_channels": in_channels, "num_classes": num_classes}
+    if logits_path(model):  # the forward's output holds the logits at this path (teacher.output/student.output)
+        info["output"] = logits_path(model)
+    model = unwrap_scripted(model)
     if isinstance(model, torch.jit.ScriptModule):
         torch.jit.save(model, str(folder / "model.ts"))
         info["kind"] = "torchscript"
@@ -82,12 +87,14 @@ def _narrow(model: nn.Module, structure: dict[str, dict], sd: dict[str, torch.Te
 
 def load_model(folder: Path) -> nn.Module:
     folder = Path(folder)
+    from pipeline.models.outputs import with_logits
+
     info = json.loads((folder / "model.json").read_text())
     if info["kind"] == "torchscript":
-        return torch.jit.load(str(folder / "model.ts"), map_location="cpu").eval()
+        return with_logits(torch.jit.load(str(folder / "model.ts"), map_location="cpu"), info.get("output")).eval()
     model = build_model(info["spec"], info["kwargs"], info["in_channels"], info["num_classes"])
     sd = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
     if info["kind"] == "pruned":
         _narrow(model, info.get("structure", {}), sd, folder)
     model.load_state_dict(sd)
-    return model.eval()
+    return with_logits(model, info.get("output")).eval()

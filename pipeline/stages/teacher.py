@@ -23,10 +23,13 @@ from pipeline.train import accuracy, fit, predict, set_seed
 TOOLS = ["torch", "numpy"]
 
 
-def check_accepts_input(model, x, num_classes: int, role: str, spec: str) -> None:
+def check_accepts_input(model, x, num_classes: int, role: str, spec: str, output=None):
     """One eval-mode forward on two samples: a model built for other inputs stops here with a clear
-    message (exit 2) instead of a traceback from inside the training loop."""
+    message (exit 2) instead of a traceback from inside the training loop. Returns the model whose forward
+    gives the logits (`output`: the recipe's teacher.output / student.output, see pipeline/models/outputs.py)."""
     import torch
+
+    from pipeline.models.outputs import resolve_path, with_logits
 
     example = torch.from_numpy(x[:2])
     was_training = model.training
@@ -34,7 +37,7 @@ def check_accepts_input(model, x, num_classes: int, role: str, spec: str) -> Non
     try:
         with torch.no_grad():
             out = model(example)
-    except Exception as e:
+    except Exception as e:  # the user's model: one line naming the model and the input shape
         first = str(e).splitlines()[0] if str(e) else ""
         raise ConfigError(f"the {role} model {spec} rejects the data's input shape (N, C, H, W) = "
                           f"{tuple(example.shape)}: {type(e).__name__}: {first}",
@@ -42,11 +45,81 @@ def check_accepts_input(model, x, num_classes: int, role: str, spec: str) -> Non
                                "for this input (it receives in_channels and num_classes when it accepts them)") from None
     finally:
         model.train(was_training)
+    structured = out
+    if isinstance(out, torch.Tensor):  # a model may return more in training mode (aux logits): look there too
+        structured = _train_mode_output(model, example, role, spec)
+    path = resolve_path(structured if not isinstance(structured, torch.Tensor) else out, output, num_classes,
+                        len(example), role, spec)
+    model = with_logits(model, path)
+    if path and not isinstance(out, torch.Tensor):
+        from pipeline.models.outputs import follow
+
+        out = follow(out, path)
     if isinstance(out, torch.Tensor) and (out.ndim != 2 or out.shape[1] != num_classes):
         raise ConfigError(f"the {role} model {spec} gives outputs of shape {tuple(out.shape)}; the data has "
                           f"{num_classes} classes, so (N, {num_classes}) logits are expected",
                           hint="build the model with num_classes (it is passed when the callable accepts it), "
                                "or set its kwargs")
+    return model
+
+
+def two_proportion_p(k1: int, n1: int, k2: int, n2: int) -> float:
+    """Two-sided p-value of the pooled two-proportion z-test (k1/n1 vs k2/n2). Written here (a few lines of
+    math) so the teacher check needs no statistics package."""
+    import math
+
+    if n1 <= 0 or n2 <= 0:
+        return 1.0
+    pooled = (k1 + k2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return 1.0
+    z = abs(k1 / n1 - k2 / n2) / se
+    return math.erfc(z / math.sqrt(2))
+
+
+def split_origin(splits, name: str) -> str:
+    if name in getattr(splits, "fixed_splits", []):
+        return f"the dataset's own {name} split"
+    return f"the {name} split carved from train here"
+
+
+def teacher_split_note(splits, val_acc: float, test_acc: float, alpha: float = 0.01) -> list[str]:
+    """Say which split each teacher figure comes from; warn when the fixed test split disagrees with the
+    carved validation split by more than sampling error (a pretrained teacher may have seen the train images,
+    or the test images differ in domain)."""
+    nv, nt = len(splits.y_val), len(splits.y_test)
+    notes = [f"teacher accuracy: {val_acc:.4f} on validation ({split_origin(splits, 'val')}, n={nv}), "
+             f"{test_acc:.4f} on test ({split_origin(splits, 'test')}, n={nt})"]
+    if "test" in getattr(splits, "fixed_splits", []) and "val" not in getattr(splits, "fixed_splits", []):
+        p = two_proportion_p(round(val_acc * nv), nv, round(test_acc * nt), nt)
+        if p < alpha:
+            notes.append(f"warning: the teacher scores {val_acc:.4f} on the validation split carved from train but "
+                         f"{test_acc:.4f} on the dataset's fixed test split (two-proportion test p={p:.2g}): more "
+                         "than sampling error; a pretrained teacher may have seen these training images, or the test "
+                         "images differ from the training ones - judge the teacher by its test figure")
+    return notes
+
+
+def _train_mode_output(model, example, role: str, spec: str):
+    """The forward's output in training mode (some models add aux logits there), leaving no trace: no
+    gradients, BatchNorm statistics and the random state restored."""
+    import torch
+
+    was_training = model.training
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model.train()
+            return model(example)
+    except Exception as e:  # the user's model in training mode: one line naming it (exit 2)
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ConfigError(f"the {role} model {spec} fails in training mode on a batch of shape "
+                          f"{tuple(example.shape)}: {type(e).__name__}: {first}",
+                          hint="check the model's training-mode forward (it must take only the image batch)") from None
+    finally:
+        model.load_state_dict(saved)
+        model.train(was_training)
 
 
 def _describe(model, splits, ctx: StageContext) -> None:
@@ -55,6 +128,8 @@ def _describe(model, splits, ctx: StageContext) -> None:
         val_accuracy=accuracy(predict(model, splits.x_val), splits.y_val),
         test_accuracy=accuracy(predict(model, splits.x_test), splits.y_test),
         params=count_params(model), macs=count_macs(model, shape))
+    ctx.metrics["accuracy_splits"] = {"val": split_origin(splits, "val"), "test": split_origin(splits, "test")}
+    ctx.notes.extend(teacher_split_note(splits, ctx.metrics["val_accuracy"], ctx.metrics["test_accuracy"]))
 
 
 def run_teacher(runner: Runner, recipe, data: StageResult) -> StageResult:
@@ -67,9 +142,14 @@ def run_teacher(runner: Runner, recipe, data: StageResult) -> StageResult:
         set_seed(recipe.seed)  # the initial weights are part of a reproducible teacher
         model = build_model(cfg.model, cfg.kwargs, c, n)
         if ckpt:
-            model = load_into(model, ckpt, allow_pickle=cfg.allow_pickle)
+            model = load_into(model, ckpt, allow_pickle=cfg.allow_pickle, kwargs=cfg.kwargs, notes=ctx.notes)
             ctx.notes.append(f"teacher loaded from {ckpt}")
-        check_accepts_input(model, splits.x_train, n, "teacher", cfg.model)
+        model = check_accepts_input(model, splits.x_train, n, "teacher", cfg.model, cfg.output)
+        import torch
+
+        from pipeline.models.onnx_check import check_exportable
+
+        check_exportable(model, torch.from_numpy(splits.x_train[:1]), recipe.export.opset, "teacher", cfg.model)
         if not ckpt:
             t = cfg.train
             hist = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=t.epochs, lr=t.lr,

@@ -316,7 +316,7 @@ class OpenVINOModel(Model):
         def prop(name: str) -> str | None:
             try:
                 return _ov_str(self.compiled.get_property(name))
-            except Exception:
+            except Exception:  # best effort: a property this OpenVINO build does not report is recorded as None
                 return None
 
         effective_hint = prop("INFERENCE_PRECISION_HINT")
@@ -461,7 +461,7 @@ class LiteRTModel(Model):
         try:
             self.interpreter.resize_tensor_input(self._in["index"], list(shape))
             self.interpreter.allocate_tensors()
-        except Exception as e:
+        except Exception as e:  # a failed resize: the interpreter is rebuilt and the error re-raised below
             # A failed resize leaves the interpreter unusable: rebuild it at its original shape.
             self._make_interpreter()
             hint = ""
@@ -623,7 +623,7 @@ class TensorRTModel(Model):
         try:
             for ptr, _ in getattr(self, "_buffers", {}).values():
                 self._cudart.cudaFree(ptr)
-        except Exception:
+        except Exception:  # best effort: freeing device buffers at interpreter exit
             pass
 
 
@@ -684,14 +684,14 @@ def runtime_precisions(model: Model, layer_types: Iterable[str] | None = None) -
             try:
                 lt = _ov_str(ri["layerType"])
                 prec = _ov_str(ri["runtimePrecision"])
-            except Exception:
+            except Exception:  # best effort: ops without precision info are skipped in the report
                 continue
             if wanted is None or lt in wanted:
                 out.setdefault(lt, Counter())[prec] += 1
     elif isinstance(model, LiteRTModel):
         try:
             ops = model.interpreter._get_ops_details()
-        except Exception:
+        except Exception:  # best effort: a private interpreter helper, absent in some versions
             return {}
         for op in ops:
             name = op.get("op_name", "?")

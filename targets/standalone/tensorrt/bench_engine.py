@@ -126,7 +126,7 @@ def import_trt(allow_rtx: bool):
                 mod = __import__(name)
             getattr(mod, "Runtime")
             return mod, name
-        except Exception:
+        except Exception:  # a TensorRT flavour that does not import: try the next one
             continue
     return None, None
 
@@ -246,12 +246,12 @@ def main(argv=None) -> int:
         return 3
     try:
         drv = CudaDriver()
-    except Exception as exc:
+    except Exception as exc:  # no usable GPU/driver: exit 3 with the reason
         print(f"error: needs an NVIDIA GPU: {exc}", file=sys.stderr)
         return 3
     try:
         record = bench(trt, np, plan, args.batch, args.warmup, args.iterations, drv)
-    except Exception as exc:
+    except Exception as exc:  # the device run failed: exit 1 with the reason (device script, no pipeline imports)
         print(f"error: benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -77,7 +77,7 @@ def import_trt(allow_rtx: bool):
                 mod = __import__(name)
             getattr(mod, "Builder")
             return mod, name
-        except Exception:
+        except Exception:  # a TensorRT flavour that does not import: try the next one
             continue
     return None, None
 
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
     try:
         info = build(trt, onnx_path, plan_path, timing_cache=args.timing_cache, batch_profile=args.batch_profile,
                      workspace_mb=args.workspace_mb, strongly_typed=not args.weakly_typed, verbose=args.verbose)
-    except Exception as exc:
+    except Exception as exc:  # the build failed: recorded in the JSON report with its reason
         info = {"ok": False, "stage": "build", "errors": [f"{type(exc).__name__}: {exc}"]}
     info.update(tensorrt_module=flavor, tensorrt_version=installed, expected_tensorrt=expected)
     print(json.dumps(info, indent=2))
