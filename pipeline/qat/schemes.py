@@ -31,14 +31,15 @@ SCHEMES = {
 
 def _symmetric_int8_config():
     import torch
-    from torchao.quantization.pt2e.fake_quantize import FusedMovingAvgObsFakeQuantize
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantize, FusedMovingAvgObsFakeQuantize
     from torchao.quantization.pt2e.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
     from torchao.quantization.pt2e.quantizer import QuantizationSpec
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import QuantizationConfig
 
     eps = 2 ** -12
+    # Not the fused kernel: it sets zero point -128 on non-negative (post-ReLU) tensors, which is not symmetric.
     act = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_symmetric,
-                           observer_or_fake_quant_ctr=FusedMovingAvgObsFakeQuantize.with_args(
+                           observer_or_fake_quant_ctr=FakeQuantize.with_args(
                                observer=MovingAverageMinMaxObserver, eps=eps))
     weight = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric,
                               ch_axis=0, observer_or_fake_quant_ctr=FusedMovingAvgObsFakeQuantize.with_args(
