@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT, artifact, fast_args, read_run, run_cli
 
 BUDGET = 0.03
-OUTLIER_SETS = [f"student.model={ROOT / 'tests' / 'qad_outlier_model.py'}:build", "student.kwargs.outlier=600",
+OUTLIER_SETS = [f"student.model={ROOT / 'tests' / 'qad_outlier_model.py'}:build", "student.kwargs.outlier=400",
                 "student.max_macs_ratio=1.0", "quantize.mode=auto", "quantize.max_fallback_layers=0",
                 f"quantize.max_accuracy_drop={BUDGET}", "quantize.qat.epochs=4", "benchmark.enabled=false"]
 
