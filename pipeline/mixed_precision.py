@@ -75,8 +75,9 @@ def plan_sets(base_drop: float, budget: float, gains: dict[str, float], costs: d
               limit: int) -> list[tuple[str, ...]]:
     """Float-layer sets worth building, best first: sets whose additive prediction (base drop minus the sum
     of the layers' gains) holds the budget, by least predicted latency cost (sum of the layers' measured
-    costs), then fewer layers; then, if fewer than `limit`, the greedy sequence by gain per ms of cost."""
-    cands = sorted((n for n in gains if gains[n] > 0), key=lambda n: -gains[n])[:MAX_CANDIDATES]
+    costs), then fewer layers; then, up to `limit`, the greedy sequence adding layers by gain per ms of cost
+    (layers that recover nothing alone last, by gain then cost: sensitivities are not additive)."""
+    cands = sorted(gains, key=lambda n: (-gains[n], costs.get(n, 0.0)))[:MAX_CANDIDATES]
     holding = []
     for k in range(1, min(max_layers, len(cands)) + 1):
         for s in itertools.combinations(cands, k):
@@ -84,15 +85,14 @@ def plan_sets(base_drop: float, budget: float, gains: dict[str, float], costs: d
                 holding.append((sum(costs.get(n, 0.0) for n in s), k, -sum(gains[n] for n in s), s))
     holding.sort()
     out = [tuple(sorted(s)) for *_, s in holding][:limit]
-    if len(out) < limit:
-        # Not predicted to hold (sensitivities are not additive): add layers by gain per ms of cost.
-        eff = sorted(cands, key=lambda n: -gains[n] / max(costs.get(n, 0.0), 1e-3))
-        for k in range(1, min(max_layers, len(eff)) + 1):
-            s = tuple(sorted(eff[:k]))
-            if s not in out:
-                out.append(s)
-            if len(out) >= limit:
-                break
+    helpful = sorted((n for n in cands if gains[n] > 0), key=lambda n: -gains[n] / max(costs.get(n, 0.0), 1e-3))
+    order = helpful + [n for n in cands if gains[n] <= 0]
+    for k in range(1, min(max_layers, len(order)) + 1):
+        if len(out) >= limit:
+            break
+        s = tuple(sorted(order[:k]))
+        if s not in out:
+            out.append(s)
     return out
 
 

@@ -38,6 +38,13 @@ def test_plan_falls_back_to_gain_per_ms_when_nothing_is_predicted_to_hold():
     assert sets[:2] == [("b",), ("b", "c")]
 
 
+def test_plan_still_adds_layers_when_none_recovers_anything_alone():
+    # A calibration that wrecks every layer: no single layer helps, only keeping several in float does.
+    sets = plan_sets(base_drop=0.8, budget=0.01, gains={"a": 0.0, "b": 0.0, "c": -0.01},
+                     costs={"a": 0.02, "b": 0.01, "c": 0.0}, max_layers=3, limit=5)
+    assert sets == [("b",), ("a", "b"), ("a", "b", "c")]  # by gain, then cheaper first
+
+
 def test_measure_latencies_times_real_models(tmp_path):
     import torch
 
@@ -54,7 +61,7 @@ def test_measure_latencies_times_real_models(tmp_path):
 
 
 BAD_CALIBRATION = ["calibration.method=percentile", "calibration.percentile=51", "quantize.max_accuracy_drop=0.005",
-                   "quantize.max_fallback_layers=3", "quantize.max_fallback_trials=3", "quantize.mode=ptq"]
+                   "quantize.max_fallback_layers=8", "quantize.max_fallback_trials=6", "quantize.mode=ptq"]
 
 
 def test_real_run_records_the_frontier_and_ships_the_fastest_holding_set(tmp_path):
