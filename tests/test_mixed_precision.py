@@ -78,3 +78,12 @@ def test_real_run_records_the_frontier_and_ships_the_fastest_holding_set(tmp_pat
     holding = [f for f in front if f["holds_budget"] and f["float_layers"]]
     assert chosen[0]["latency_ms"] == min(f["latency_ms"] for f in holding)
     assert Path(out / "report.html").read_text().count("Mixed precision") >= 1
+
+
+def test_tensorrt_latencies_are_labelled_as_the_onnxruntime_reference():
+    from pipeline.mixed_precision import latency_source
+    from targets.base import get_backend
+
+    source, runtime = latency_source(get_backend("tensorrt"), "onnxruntime (reference numerics for TensorRT)")
+    assert source == "host-measured" and "onnxruntime" in runtime and "not TensorRT" in runtime
+    assert latency_source(get_backend("onnxruntime"), "onnxruntime") == ("measured", "onnxruntime")
