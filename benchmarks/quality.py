@@ -14,6 +14,7 @@ own cached stages (one teacher per dataset + seed, shared by every student of th
     python benchmarks/quality.py --out DIR [--datasets digits mnist] [--seeds 0 1 2] [--epochs N]
                                  [--teacher-epochs N] [--input-size N] [--targets onnxruntime jetson x86 rpi]
                                  [--prune-seeds all|first|none] [--no-int8] [--set key=value ...]
+    python benchmarks/quality.py --only qad --out DIR [--seeds 0 1 2]   # PTQ vs QAD on MNIST only
 
 Prints tables and writes DIR/quality.json (every number). The stage cache lives in DIR/runs/<dataset>,
 so a second invocation only re-reads results. Exit code 1 when the acceptance check is missed (on MNIST
@@ -303,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prune-ratio", type=float, default=0.5)
     ap.add_argument("--recovery-epochs", type=int, default=5)
     ap.add_argument("--set", dest="sets", action="append", default=[], help="recipe override key=value")
+    ap.add_argument("--only", choices=["qad"], default=None,
+                    help="qad: only the PTQ vs QAD table on MNIST (onnxruntime, jetson QDQ); writes DIR/quality_qad.json")
     ap.add_argument("--verbose", action="store_true", help="show each stage and the backends' output as they run "
                     "(default: one line per seed; the rest goes to DIR/quality.log)")
     a = ap.parse_args(argv)
@@ -327,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         "datasets": {},
     }
     log = a.out / "quality.log"
+    if a.only == "qad":
+        return _main_qad(a, log, t0)
     try:
         with _StagesToLog(log, enabled=not a.verbose):
             for name in a.datasets:
@@ -357,6 +362,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{result['seconds']:.0f} s wall, {result['cpu_seconds']:.0f} s CPU (load average at the end "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); every number in {a.out / 'quality.json'}")
     return 0 if all(v["ok"] for v in acc.values()) else 1
+
+
+def _main_qad(a, log: Path, t0: float) -> int:
+    """`--only qad`: the PTQ vs QAD table (benchmarks/qad_quality.py)."""
+    from benchmarks.qad_quality import qad_table, run_qad_section
+    from pipeline.errors import PipelineError
+    from pipeline.runner import environment
+
+    try:
+        with _StagesToLog(log, enabled=not a.verbose):
+            _say(f"qad: MNIST seeds {a.seeds}, {a.epochs} student epochs (stage output: {log})")
+            section = run_qad_section(a, _say)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    result = {"kind": "quality-benchmark-qad", "qad": section, "seconds": round(time.perf_counter() - t0, 1),
+              "environment": environment() | {"machine": platform.machine(), "load_average": list(os.getloadavg())}}
+    (a.out / "quality_qad.json").write_text(json.dumps(result, indent=2, default=str))
+    print(qad_table(section))
+    print(f"\n{result['seconds']:.0f} s wall; every number in {a.out / 'quality_qad.json'}")
+    return 0
 
 
 if __name__ == "__main__":

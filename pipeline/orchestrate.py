@@ -112,7 +112,7 @@ def run_pipeline(recipe, out: Path, profile_paths: Sequence[str] = (), console=N
             ], inputs={"teacher": teacher_onnx, "student": export})
         outcomes, failed = [], {}
         for profile in profiles:
-            oc = run_target(runner, recipe, profile, data, calib, pruned, export)
+            oc = run_target(runner, recipe, profile, data, calib, pruned, export, teacher=teacher)
             outcomes.append(oc)
             if oc.failed:
                 failed[profile.name] = oc.failed
@@ -125,7 +125,7 @@ def run_pipeline(recipe, out: Path, profile_paths: Sequence[str] = (), console=N
     return RunResult(out, summary, failed, skipped)
 
 
-def run_target(runner: Runner, recipe, profile, data, calib, pruned, export) -> TargetOutcome:
+def run_target(runner: Runner, recipe, profile, data, calib, pruned, export, teacher=None) -> TargetOutcome:
     backend = get_backend(profile.backend)
     oc = TargetOutcome(profile)
     if not recipe.quantize.enabled:
@@ -134,8 +134,9 @@ def run_target(runner: Runner, recipe, profile, data, calib, pruned, export) -> 
     try:
         oc.stages["convert"] = conv = run_convert(runner, recipe, profile, backend, export, calib, pruned)
         oc.stages["quantize"] = quant = run_quantize(runner, recipe, profile, backend, data, export, calib, pruned)
+        variants_qad, quant = _maybe_qad(runner, recipe, profile, data, calib, pruned, export, teacher, quant, oc)
         oc.stages["compile"] = comp = run_compile(runner, recipe, profile, backend, quant)
-        variants = {"int8": built_from(quant, "int8"), "fp32": built_from(conv, "fp32")}
+        variants = {"int8": built_from(quant, "int8"), "fp32": built_from(conv, "fp32"), **variants_qad}
         oc.stages["evaluate"] = ev = run_evaluate(runner, recipe, profile, data, export, variants,
                                                   {"quantize": quant, "convert": conv})
         # Decided on the validation split (budget + fallback); the test split gates only a real drop.
@@ -166,6 +167,20 @@ def run_target(runner: Runner, recipe, profile, data, calib, pruned, export) -> 
 
             runner.console.print(f"[red]✗ {escape(profile.name)}: {escape(str(e))}[/red]")
     return oc
+
+
+def _maybe_qad(runner, recipe, profile, data, calib, pruned, export, teacher, ptq, oc):
+    """QAD (pipeline/stages/qad.py) when PTQ missed the budget or quantize.mode is qat: the extra variants
+    to evaluate on the test split, and the quantize stage whose INT8 artifact ships."""
+    from pipeline.stages.qad import choose_quantized, qad_wanted, run_qad, run_quantize_qat
+
+    if teacher is None or not qad_wanted(recipe, ptq):
+        return {}, ptq
+    oc.stages["qad"] = qad = run_qad(runner, recipe, profile.backend, data, teacher, pruned, export)
+    oc.stages["quantize_qat"] = qat = run_quantize_qat(runner, recipe, profile, data, calib, pruned, qad)
+    chosen, mode = choose_quantized(recipe, ptq, qat)
+    oc.stages["quantize_mode"] = mode  # type: ignore[assignment]
+    return {"int8_ptq": built_from(ptq, "int8"), "int8_qat": built_from(qat, "int8")}, chosen
 
 
 # --------------------------------------------------------------------------- summary
@@ -232,7 +247,10 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
         if "quantize" in st:
             q = st["quantize"]
             entry["quantize"] = {k: q.metrics.get(k) for k in ("kept_in_float", "tried", "budget", "val_accuracy_drop",
-                                                               "budget_held")}
+                                                               "budget_held", "frontier")}
+            from pipeline.stages.qad import quantize_summary
+
+            entry["quantize"] = quantize_summary(st, entry["quantize"])
         if oc.gate is not None:
             entry["gate"] = oc.gate
         if "compile" in st:
@@ -242,7 +260,8 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
             bench = st["benchmark"].metrics if "benchmark" in st else {}
             est = st.get("estimate") or {}
             for variant in ("int8", "fp32"):
-                b = built_from(st["quantize"] if variant == "int8" else st["convert"], variant)
+                b = built_from(st.get("quantize_qat") if st.get("quantize_mode") == "qat" else st["quantize"], variant) \
+                    if variant == "int8" else built_from(st["convert"], variant)
                 bm = bench.get(variant)
                 latency = bm["latency_ms"] if bm else (est.get("latency_ms") if variant == "int8" else _na())
                 rss = bm["peak_rss_mb"] if bm else (est.get("peak_rss_mb") if variant == "int8" else

@@ -138,6 +138,15 @@ class QuantizeConfig(Section):
     test_gate: Literal["stats", "hard", "off"] = Field(
         "stats", description="test split: fail when the drop exceeds the budget and is statistically real (stats), "
                              "on any drop over the budget (hard), or never (off); the budget is decided on validation")
+    # ptq: post-training only; qat: always fine-tune with fake quantization (QAD) and ship that; auto: PTQ
+    # (with the fallback), then QAD when the budget is still missed on the validation split.
+    mode: Literal["ptq", "qat", "auto"] = "auto"
+    qat: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=4, lr=0.005),
+                             description="quantization-aware distillation (pipeline/qat/)")
+    # latency: keep in float the set of layers that holds the budget at the least measured latency
+    # (pipeline/mixed_precision.py); layers: the most sensitive layers one by one (fewest layers).
+    fallback_objective: Literal["latency", "layers"] = "latency"
+    max_fallback_trials: int = Field(6, ge=1, le=64, description="float-layer sets built and measured by the latency objective")
 
 
 class BenchmarkConfig(Section):

@@ -33,7 +33,7 @@ def test_fallback_keeps_sensitive_layers_and_reports_them(tmp_path):
 def test_budget_that_cannot_hold_stops_the_target_with_exit_1(tmp_path):
     out = tmp_path / "nobudget"
     p = run_cli("run", "--target", "onnxruntime", "--out", str(out),
-                *fast_args([*BAD_CALIBRATION, "quantize.max_fallback_layers=0"]))
+                *fast_args([*BAD_CALIBRATION, "quantize.max_fallback_layers=0", "quantize.mode=ptq"]))  # no QAD
     assert p.returncode == 1
     assert "on the validation split exceeds quantize.max_accuracy_drop" in p.stdout + p.stderr
     assert "Tried:" in p.stdout + p.stderr

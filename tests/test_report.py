@@ -276,3 +276,54 @@ def test_report_html_renders_plots_in_chromium(fast_report, tmp_path):
     keep = os.environ.get("REPORT_SCREENSHOT_DIR")
     if keep:
         shutil.copyfile(shot, Path(keep) / "report_screenshot.png")
+
+
+# --------------------------------------------------------------------------- mixed precision frontier, PTQ vs QAT
+
+
+def _frontier_run(tmp_path) -> Path:
+    run = tmp_path / "frun"
+    run.mkdir()
+    rows = [  # (float layers, val accuracy, latency ms, shipped); "b" is dominated by "c" (faster, more accurate)
+        ([], 0.90, 0.100, False), (["a"], 0.95, 0.140, False), (["b"], 0.93, 0.135, False),
+        (["c"], 0.945, 0.110, True), (["a", "c"], 0.96, 0.150, False)]
+    frontier = [{"float_layers": f, "val_accuracy": a, "val_accuracy_drop": 0.96 - a, "latency_ms": ms,
+                 "source": "measured", "runtime": "onnxruntime", "kind": "candidate", "chosen": ch,
+                 "holds_budget": 0.96 - a <= 0.02} for f, a, ms, ch in rows]
+    summary = {"schema_version": "1", "name": "frontier", "created": "2026-01-01T00:00:00+0000", "seconds": 1,
+               "stages": [], "artifacts": [], "skipped_targets": {}, "failed_targets": {}, "notes": [],
+               "targets": {"x86": {"quantize": {"frontier": frontier, "kept_in_float": ["c"], "mode": "qat",
+                                                "ptq_accuracy": 0.91, "qat_accuracy": 0.955,
+                                                "qat": {"val_accuracy_drop": 0.004}}}}}
+    (run / "run.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_frontier_and_qat_tables_in_report(tmp_path):
+    r = write_report(_frontier_run(tmp_path), tmp_path / "rep")
+    md = r.markdown.read_text()
+    assert [p.name for p in r.pngs] == ["report_frontier_x86.png"]
+    assert "## Mixed precision frontier: x86" in md
+    assert "| 3 | b | 0.9300 | 0.1350 | measured (onnxruntime) | no |  |  |" in md  # dominated by c
+    assert "| 4 | c | 0.9450 | 0.1100 | measured (onnxruntime) | yes | yes | yes |" in md
+    assert "| x86 | qat | 0.9100 | 0.9550 | 0.0040 |" in md  # PTQ and QAT side by side
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                    reason=f"{CHROMIUM} not installed (apt-get install -y chromium) to render report.html")
+def test_frontier_renders_in_chromium(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    r = write_report(_frontier_run(tmp_path), tmp_path / "rep")
+    bare = tmp_path / "bare.html"
+    bare.write_text(IMG_RE.sub('<img src=""', r.html.read_text()))
+    shot, shot_bare = tmp_path / "f.png", tmp_path / "fb.png"
+    _screenshot(r.html, shot)
+    _screenshot(bare, shot_bare)
+
+    def coloured(path):
+        a = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        return int(((a.max(-1) - a.min(-1)) > 60).sum())
+
+    assert coloured(shot) > 300 and coloured(shot) > 5 * (coloured(shot_bare) + 10)

@@ -268,3 +268,36 @@ def latency_png(cases: list[BenchCase], singles: list[tuple[str, dict]], run_nam
                bbox_to_anchor=(0.5, 0.0))
     return _png(fig)
 
+
+
+def frontier_png(rows: list[dict], target: str, front: list[int]) -> bytes:
+    """Mixed precision: validation accuracy vs measured latency of each float-layer configuration tried
+    for one target; the Pareto front ringed and joined, the shipped configuration starred."""
+    fig = _figure(7.5, 4.2)
+    ax = fig.add_axes([0.11, 0.13, 0.62, 0.77])
+    xs, ys = [r["latency_ms"] for r in rows], [r["val_accuracy"] for r in rows]
+    src = rows[0].get("source", "measured") if rows else "measured"
+    c, m, filled = style(src)
+    ax.scatter(xs, ys, marker=m, s=50, c=c if filled else "white", edgecolors=c, linewidths=1.4, zorder=3)
+    if front:
+        fx, fy = [xs[i] for i in front], [ys[i] for i in front]
+        ax.scatter(fx, fy, s=200, facecolors="none", edgecolors="black", linewidths=1.1, zorder=2)
+        if len(front) > 1:
+            ax.step(fx, fy, where="post", color="black", lw=1, ls="--", zorder=1)
+    for i, r in enumerate(rows):
+        if r.get("chosen"):
+            ax.scatter([xs[i]], [ys[i]], marker="*", s=260, c="#d62728", zorder=4)
+        ax.annotate(str(i + 1), (xs[i], ys[i]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel(f"latency p50 (ms, batch 1) — {src}")
+    ax.set_ylabel("accuracy (validation split)")
+    ax.set_title(f"Float-layer configurations tried — {target}", fontsize=11, loc="left")
+    ax.grid(True, alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], linestyle="none", marker=m, markersize=8, color=c,
+                      markerfacecolor=c if filled else "white", label=f"{src} latency"),
+               Line2D([], [], linestyle="--", color="black", marker="o", markersize=12, markerfacecolor="none",
+                      label="Pareto front"),
+               Line2D([], [], linestyle="none", marker="*", markersize=14, color="#d62728", label="shipped")]
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.74, 0.9), fontsize=7.5, frameon=False)
+    return _png(fig)

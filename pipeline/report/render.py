@@ -91,7 +91,50 @@ def build_figures(run_dir: Path, summary: dict) -> tuple[list[Figure], list[str]
         figs.append(Figure("report_latency.png", "Latency distributions", cap, plots.latency_png(cases, singles, name)))
     else:
         notes.append("latency distributions: no benchmark results and no latency figures in this run")
+    figs += frontier_figures(summary)
     return figs, notes
+
+
+def frontier_figures(summary: dict) -> list[Figure]:
+    """One figure per target whose accuracy budget chose float layers by measured latency."""
+    from pipeline.report import plots
+    from pipeline.report.data import pareto_front
+
+    figs = []
+    for name, t in (summary.get("targets") or {}).items():
+        rows = [r for r in ((t.get("quantize") or {}).get("frontier") or [])
+                if r.get("latency_ms") is not None and r.get("val_accuracy") is not None]
+        if not rows:
+            continue
+        front = pareto_front([(r["latency_ms"], r["val_accuracy"]) for r in rows])
+        table = [{"#": str(i + 1), "float layers": ", ".join(r["float_layers"]) or "none (all INT8)",
+                  "val accuracy": f"{r['val_accuracy']:.4f}", "p50 ms": f"{r['latency_ms']:.4f}",
+                  "source": f"{r['source']} ({r['runtime']})", "holds budget": "yes" if r["holds_budget"] else "no",
+                  "Pareto": "yes" if i in front else "", "shipped": "yes" if r.get("chosen") else ""}
+                 for i, r in enumerate(rows)]
+        cap = (f"Mixed precision for {name}: each float-layer configuration the accuracy budget tried, validation "
+               "accuracy against end-to-end latency p50 at batch 1 measured in one process on this host "
+               f"({rows[0]['source']}, {rows[0]['runtime']}). Ringed points joined by the dashed line are the Pareto "
+               "front; the star is the configuration shipped: the one holding the budget at the least latency.")
+        figs.append(Figure(f"report_frontier_{name}.png", f"Mixed precision frontier: {name}", cap,
+                           plots.frontier_png(rows, name, front), table, "Configurations tried"))
+    return figs
+
+
+def quantize_mode_rows(summary: dict) -> list[dict[str, str]]:
+    """PTQ and QAT (quantization-aware distillation) INT8 accuracy on the test split, side by side."""
+    def f(v):
+        return "—" if v is None else f"{v:.4f}"
+
+    rows = []
+    for name, t in (summary.get("targets") or {}).items():
+        q = t.get("quantize") or {}
+        if "mode" not in q:
+            continue
+        rows.append({"target": name, "mode shipped": q["mode"], "PTQ accuracy": f(q.get("ptq_accuracy")),
+                     "QAT accuracy": f(q.get("qat_accuracy")),
+                     "QAT val drop": f((q.get("qat") or {}).get("val_accuracy_drop"))})
+    return rows
 
 
 def _target_notes(summary: dict) -> list[str]:
@@ -142,6 +185,8 @@ def render_markdown(summary: dict, figs: list[Figure], extra_notes: list[str]) -
         md += [f"## {f.title}", "", f"![{f.title}]({f.file})", "", f"*{_one_line(f.caption)}*", ""]
         if f.table:
             md += [f"**{f.table_title}**", "", markdown_table(f.table)]
+    if quantize_mode_rows(summary):
+        md += ["## Quantization: PTQ vs QAT", "", markdown_table(quantize_mode_rows(summary)), ""]
     md += ["## Summary", "", "Latency source and memory source are given for every row; `—` = not available.", "",
            markdown_table(rows) if rows else "no artifacts",
            *_device_section(summary), "## Stages", "",
@@ -192,6 +237,8 @@ def render_html(summary: dict, figs: list[Figure], extra_notes: list[str]) -> st
                      f"<figcaption>{e(_one_line(f.caption))}</figcaption></figure>")
         if f.table:
             parts.append(f"<h3>{e(f.table_title)}</h3>" + _html_table(f.table, right))
+    if quantize_mode_rows(summary):
+        parts += ["<h2>Quantization: PTQ vs QAT</h2>", _html_table(quantize_mode_rows(summary), right)]
     parts += ["<h2>Summary</h2><p class=sources>Latency source and memory source are given for every row; "
               "— = not available.</p>", _html_table(rows, right),
               *(["<h2>Device-measured results</h2><p class=sources>Imported from the device (source "

@@ -125,12 +125,19 @@ def run_quantize(runner: Runner, recipe, profile, backend: Backend, data, export
 
         built, drop = attempt([], "int8")
         tried = [{"kept_in_float": [], "val_accuracy_drop": round(drop, 5)}]
-        fallback = None
+        fallback, frontier = None, None
         if drop > q.max_accuracy_drop and q.fallback and q.max_fallback_layers > 0:
-            fallback = _fallback(backend, export, model_stage, attempt, drop, q, tried)
+            if q.fallback_objective == "latency":  # mixed precision by measured latency
+                from pipeline.mixed_precision import latency_fallback
+
+                layers = backend.quantizable_layers(export.path("model.onnx"), load_model(model_stage.dir))
+                fallback, frontier = latency_fallback(layers, attempt, built, drop, ref_acc, q, tried, backend,
+                                                      splits.x_val[:1], threads)
+            else:
+                fallback = _fallback(backend, export, model_stage, attempt, drop, q, tried)
             if fallback is not None:
                 built, drop = fallback
-        ctx.metrics.update(int8=_built_to_json(built, ctx.dir), val_accuracy_fp32=ref_acc,
+        ctx.metrics.update(int8=_built_to_json(built, ctx.dir), val_accuracy_fp32=ref_acc, frontier=frontier,
                            val_accuracy_drop=drop, budget=q.max_accuracy_drop, tried=tried,
                            kept_in_float=list(built.info.get("kept_in_float", [])),
                            budget_held=drop <= q.max_accuracy_drop)
@@ -141,12 +148,15 @@ def run_quantize(runner: Runner, recipe, profile, backend: Backend, data, export
                 shutil.rmtree(d)
 
     # test_gate decides on the test split after evaluate: it does not change the quantized model.
-    config = {"profile": _profile_key(profile), "quantize": q.model_dump(mode="json", exclude={"test_gate"}),
+    config = {"profile": _profile_key(profile), "quantize": q.model_dump(mode="json", exclude={"test_gate", "mode", "qat"}),
               "calibration": recipe.calibration.model_dump(mode="json")}
+    import pipeline.mixed_precision
+
     return runner.stage(f"quantize-{profile.name}", fn, config=config,
                         inputs={"export": export, "calibration": calib, "model": model_stage, "data": data},
                         tools=BACKEND_TOOLS[profile.backend],
-                        code=backend_code(get_backend(profile.backend)), label=f"quantize [{profile.name}]")
+                        code=(*backend_code(get_backend(profile.backend)), pipeline.mixed_precision),
+                        label=f"quantize [{profile.name}]")
 
 
 def _torch_val_logits(model_stage: StageResult, splits) -> np.ndarray:
