@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline import cli_tools
 
     cli_tools.add_commands(sub)
+    from pipeline.commands import profile as profile_cmd
+
+    profile_cmd.add_parser(sub)
     return ap
 
 
