@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline.artifacts import atomic_write_bytes, atomic_write_text
 from pipeline.report.data import (SOURCE_MEANING, accuracy_latency_points, bench_cases, load_run, single_figures,
                                   size_bars)
+from pipeline.report.profile_table import profile_sections
 from pipeline.summary import markdown_table, summary_rows
 
 
@@ -127,6 +128,8 @@ def render_markdown(summary: dict, figs: list[Figure], extra_notes: list[str]) -
         md += [f"## {f.title}", "", f"![{f.title}]({f.file})", "", f"*{_one_line(f.caption)}*", ""]
         if f.table:
             md += [f"**{f.table_title}**", "", markdown_table(f.table)]
+    for title, cap, prows in profile_sections(summary):
+        md += [f"## {title}", "", f"*{_one_line(cap)}*", "", markdown_table(prows)]
     md += ["## Summary", "", "Latency source and memory source are given for every row; `—` = not available.", "",
            markdown_table(rows) if rows else "no artifacts", "## Stages", "",
            markdown_table(_stage_rows(summary)) if summary["stages"] else "no stages", "## Notes", "",
@@ -176,6 +179,9 @@ def render_html(summary: dict, figs: list[Figure], extra_notes: list[str]) -> st
                      f"<figcaption>{e(_one_line(f.caption))}</figcaption></figure>")
         if f.table:
             parts.append(f"<h3>{e(f.table_title)}</h3>" + _html_table(f.table, right))
+    for title, cap, prows in profile_sections(summary):
+        parts.append(f"<h2>{e(title)}</h2><p class=sources>{e(_one_line(cap))}</p>"
+                     + _html_table(prows, {"float ms", "int8 ms", "int8/float", "reformat/Q/DQ ms (int8)"}))
     parts += ["<h2>Summary</h2><p class=sources>Latency source and memory source are given for every row; "
               "— = not available.</p>", _html_table(rows, right),
               "<h2>Stages</h2>", _html_table(_stage_rows(summary), right),
