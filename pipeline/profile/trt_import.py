@@ -70,6 +70,10 @@ def parse(profile: list, layers: dict | None) -> list[OpTime]:
         onnx_names = tuple(_META.findall(str(layer.get("Metadata", ""))))
         # A fused layer's own name joins its parts with " + ": each part is an ONNX node name too.
         parts = tuple(p.strip() for p in name.split(" + ") if p.strip())
+        # "Reformatting CopyNode for Input Tensor 0 to X": a reformat in front of layer X, charged to it.
+        m = re.match(r"Reformatting CopyNode for (?:Input|Output) Tensor \d+ to (.+)$", name)
+        if m:
+            parts = tuple(p.strip() for p in m.group(1).split(" + ")) + parts
         ops.append(OpTime(name=name, type=_op_type(name, layer), ms=float(ms), precision=_precision(layer),
                           names=onnx_names + parts))
     return ops
