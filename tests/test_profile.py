@@ -75,7 +75,7 @@ def test_profile_command(host_run, tmp_path, target, profile, runtime, source, p
     doc = json.loads(out.read_text())
     _check_doc(doc, profile, precisions)
     assert doc["runtime"] == runtime and doc["source"] == source
-    assert read_run(host_run)["targets"][profile]["profile"]["rows"] == doc["rows"]
+    assert read_run(host_run)["targets"][profile]["layer_profile"]["rows"] == doc["rows"]
     assert "features.1.0" in p.stdout and "end-to-end p50" in p.stdout
 
 
@@ -131,7 +131,7 @@ def test_tensorrt_profile_import(fast_run, tmp_path):
     sidecar = _trtexec_files(tmp_path, run / art["model_path"])
     p = run_cli("import-results", str(run), str(sidecar), timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
-    doc = read_run(run)["targets"][art["target"]]["profile"]
+    doc = read_run(run)["targets"][art["target"]]["layer_profile"]
     assert doc["source"] == "device-measured" and doc["runtime"] == "tensorrt"
     assert doc["total_ms"] == pytest.approx(0.051)  # median of times.json latencyMs
     by = {r["module"]: r for r in doc["rows"]}

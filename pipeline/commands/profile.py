@@ -4,7 +4,7 @@ Profiles the target's FP32 and INT8 artifacts with the runtime's own per-op prof
 (ONNX Runtime: enable_profiling; OpenVINO: PERF_COUNT counters; LiteRT: prefix differences, see
 pipeline/profile/litert.py), maps each op back to the module path of the PyTorch model, and prints per
 module the float and INT8 time, the precision the runtime ran and the reformat/Q/DQ cost. The result is
-stored in run.json (targets.<profile>.profile), shown in report.html, and written by --json FILE.
+stored in run.json (targets.<profile>.layer_profile), shown in report.html, and written by --json FILE.
 TensorRT: profiled on the device by the bundle's build_engine.sh, brought back by import-results.
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ def cmd_profile(args) -> int:
     print_profile(doc, console)
     if not args.no_store:
         store_profile(run_dir, doc)
-        console.print(f"stored in {run_dir / 'run.json'} (targets.{doc['target']}.profile)")
+        console.print(f"stored in {run_dir / 'run.json'} (targets.{doc['target']}.layer_profile)")
     if args.json:
         from pipeline.artifacts import atomic_write_text
 

@@ -1,4 +1,4 @@
-"""One per-layer profile schema for every backend (run.json `targets.<profile>.profile`, report, --json).
+"""One per-layer profile schema for every backend (run.json `targets.<profile>.layer_profile`, report, --json).
 
     {"target": profile name, "backend", "runtime", "runtime_version", "host", "source": measured |
      host-measured | device-measured, "method": how per-op times were taken, "threads", "batch": 1,

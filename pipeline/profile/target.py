@@ -1,4 +1,5 @@
-"""Profile one target of a run folder on this host and store it in run.json (`targets.<profile>.profile`)."""
+"""Profile one target of a run folder on this host and store it in run.json (`targets.<profile>.layer_profile`;
+`targets.<profile>.profile` already holds the profile name)."""
 from __future__ import annotations
 
 import json
@@ -114,10 +115,10 @@ def profile_target(run_dir: Path, run: dict, target: str, threads: int | None = 
 
 
 def store_profile(run_dir: Path, doc: dict) -> None:
-    """run.json `targets.<profile>.profile` = doc (rewritten atomically)."""
+    """run.json `targets.<profile>.layer_profile` = doc (rewritten atomically)."""
     from pipeline.artifacts import atomic_write_json
 
     path = run_dir / "run.json"
     run = json.loads(path.read_text(encoding="utf-8"))
-    run.setdefault("targets", {}).setdefault(doc["target"], {})["profile"] = doc
+    run.setdefault("targets", {}).setdefault(doc["target"], {})["layer_profile"] = doc
     atomic_write_json(path, run)

@@ -10,7 +10,7 @@ build_engine.sh (inside a TensorRT bundle, on the device) writes, beside the eng
     trt_profile.json  {"kind": "trt-layer-profile", "onnx": file, "onnx_sha256", "profile", "layers", "times",
                    "tensorrt_version", "device"}: ties the three files to the bundle's ONNX by sha256.
 `python -m pipeline import-results RUN_DIR trt_profile.json` stores the rows in run.json
-(targets.<profile>.profile, source device-measured).
+(targets.<profile>.layer_profile, source device-measured).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The per-layer profile tables of report.md / report.html (from run.json targets.<profile>.profile)."""
+"""The per-layer profile tables of report.md / report.html (from run.json targets.<profile>.layer_profile)."""
 from __future__ import annotations
 
 
@@ -10,7 +10,7 @@ def profile_sections(summary: dict) -> list[tuple[str, str, list[dict[str, str]]
     """[(title, caption, rows)] for every target that has a per-layer profile."""
     out = []
     for name, t in (summary.get("targets") or {}).items():
-        doc = (t or {}).get("profile")
+        doc = (t or {}).get("layer_profile")
         if not doc or not doc.get("rows"):
             continue
         rows = []
