@@ -20,7 +20,6 @@ import numpy as np
 
 from pipeline.profile.mapping import litert_module
 from pipeline.profile.schema import OpTime, VariantProfile, short_precision
-from pipeline.profile.timing import p50_ms
 
 LEFT_OUT = ("the invoke() call itself with no ops (T(empty)), set_tensor's input copy (timed in the end-to-end "
             "figure) and the Python call")
@@ -80,7 +79,13 @@ def profile(path, threads: int, iterations: int = 200, warmup: int = 20, rounds:
     x = np.random.default_rng(0).standard_normal(d["shape"]).astype(np.float32)
     xin = _fill(full, x)
     xq = full.tensor(xin["index"])().copy()
-    total = p50_ms(lambda: (full.set_tensor(xin["index"], xq), full.invoke()), iterations, warmup)
+
+    def run_full():
+        full.set_tensor(xin["index"], xq)
+        full.invoke()
+
+    for _ in range(warmup):
+        run_full()
 
     prefixes = []
     for k in range(n + 1):
@@ -91,13 +96,19 @@ def profile(path, threads: int, iterations: int = 200, warmup: int = 20, rounds:
         prefixes.append(it)
     per_round = max(1, iterations // rounds)
     samples: list[list[float]] = [[] for _ in prefixes]
-    for _ in range(rounds):  # round-robin: drift and load hit every prefix alike
+    full_times: list[float] = []
+    for _ in range(rounds):  # round-robin: drift and load hit every prefix (and the full model) alike
+        for _ in range(per_round):
+            t0 = time.perf_counter()
+            run_full()
+            full_times.append(time.perf_counter() - t0)
         for k, it in enumerate(prefixes):
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 it.invoke()
                 samples[k].append(time.perf_counter() - t0)
     t = [statistics.median(s) * 1e3 for s in samples]
+    total = statistics.median(full_times) * 1e3
     ops = []
     for k, op in enumerate(sg.operators):
         op_type = fu.opcode_to_name(model, op.opcodeIndex) or "?"

@@ -4,7 +4,8 @@ Every executed node gives node_name, node_type, exec_type (the kernel and its pr
 brgconv_avx512_I8) and real_time (us). Per node the median over the profiled inferences is kept; nodes
 not executed (fused into another) are skipped. The runtime model's `originalLayersNames` lists the ONNX
 nodes each executed node came from, used to map it to a module. End-to-end p50: a second compiled model
-without PERF_COUNT, same config and threads, timing `request.infer`.
+without PERF_COUNT, same config and threads, timing `request.infer`, in blocks alternating with the
+profiled request so both see the same machine load.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections import defaultdict
 import numpy as np
 
 from pipeline.profile.schema import OpTime, VariantProfile, short_precision
-from pipeline.profile.timing import median, p50_ms
+from pipeline.profile.timing import interleaved, median
 
 LEFT_OUT = "the input copy (the input tensor is set once, as in a zero-copy app) and the "\
     "infer request overhead outside the nodes (input/output tensor setting, scheduling) and the Python call"
@@ -53,21 +54,24 @@ def profile(path, threads: int, iterations: int = 200, warmup: int = 20,
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     plain = core.compile_model(model, "CPU", _config(threads, precision_hint, False)).create_infer_request()
     plain.set_input_tensor(ov.Tensor(x))  # set once: the timed call is the inference, not the input copy
-    total = p50_ms(plain.infer, iterations, warmup)
     compiled = core.compile_model(model, "CPU", _config(threads, precision_hint, True))
     req = compiled.create_infer_request()
     originals = _original_names(compiled)
     times: dict[str, list[float]] = defaultdict(list)
     info: dict[str, tuple[str, str]] = {}
-    for i in range(warmup + iterations):
-        req.infer({0: x})
+    req.set_input_tensor(ov.Tensor(x))
+
+    def profiled(i: int) -> None:
+        req.infer()
         if i < warmup:
-            continue
+            return
         for p in req.profiling_info:
             if str(p.status).split(".")[-1] != "EXECUTED":
                 continue
             times[p.node_name].append(p.real_time.total_seconds() * 1e3)
             info[p.node_name] = (p.node_type, p.exec_type)
+
+    total = median(interleaved(plain.infer, profiled, iterations, warmup))
     ops = [OpTime(name=n, type=info[n][0], ms=median(t), precision=short_precision(info[n][1].rsplit("_", 1)[-1]),
                   names=originals.get(n, ())) for n, t in times.items()]
     return VariantProfile(ops=ops, total_ms=total, runtime="openvino", runtime_version=ov.get_version().split("-")[0],

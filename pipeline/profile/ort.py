@@ -2,7 +2,8 @@
 
 Each `*_kernel_time` event is one node run in one inference (name, op_name, provider, input dtypes,
 dur in us). Per node the median over the profiled inferences is kept. The end-to-end p50 is measured in
-the same process with a second session (profiling off, same threads), timing `session.run`.
+the same process with a second session (profiling off, same threads), timing `session.run`, in blocks
+alternating with the profiled session's runs so both see the same machine load.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from collections import defaultdict
 import numpy as np
 
 from pipeline.profile.schema import OpTime, VariantProfile, short_precision
-from pipeline.profile.timing import median, p50_ms
+from pipeline.profile.timing import interleaved, median
 
 LEFT_OUT = ("session.run overhead outside the kernels (input/output binding, allocation, executor bookkeeping) "
             "and the Python call")
@@ -60,11 +61,9 @@ def profile(path, threads: int, iterations: int = 200, warmup: int = 20) -> Vari
     shape = [1 if not isinstance(d, int) else d for d in inp.shape]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     feed = {inp.name: x}
-    total = p50_ms(lambda: plain.run(None, feed), iterations, warmup)
     with tempfile.TemporaryDirectory(prefix="ortprof-") as tmp:
         sess = _session(path, threads, os.path.join(tmp, "ort"))
-        for _ in range(warmup + iterations):
-            sess.run(None, feed)
+        total = median(interleaved(lambda: plain.run(None, feed), lambda i: sess.run(None, feed), iterations, warmup))
         trace = sess.end_profiling()
         with open(trace) as f:
             events = json.load(f)

@@ -1,4 +1,4 @@
-"""Shared timing helpers for the per-layer profilers: median of per-iteration times."""
+"""Shared timing helpers for the per-layer profilers."""
 from __future__ import annotations
 
 import statistics
@@ -6,17 +6,28 @@ import time
 from typing import Callable
 
 
-def p50_ms(fn: Callable[[], object], iterations: int, warmup: int) -> float:
-    """Median wall time of ``fn`` in ms (perf_counter around each call)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iterations):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
+
+
+def interleaved(plain: Callable[[], object], profiled: Callable[[int], object], iterations: int, warmup: int,
+                rounds: int = 5) -> list[float]:
+    """Run the plain (profiling off) and the profiled model in alternating blocks, so that load from other
+    processes hits both alike; returns the plain per-call times in ms. ``profiled(i)`` gets the index of
+    the profiled inference (the first ``warmup`` are warm-up)."""
+    for _ in range(warmup):
+        plain()
+    for i in range(warmup):
+        profiled(i)
+    per = max(1, iterations // rounds)
+    times: list[float] = []
+    k = warmup
+    for _ in range(rounds):
+        for _ in range(per):
+            t0 = time.perf_counter()
+            plain()
+            times.append((time.perf_counter() - t0) * 1e3)
+        for _ in range(per):
+            profiled(k)
+            k += 1
+    return times
