@@ -120,12 +120,14 @@ def main(argv=None) -> int:
             best = rt
     first = a.round_to[0]
     v0 = result["variants"][first]
-    if v0["int8_ratio"] > THRESHOLD:
-        print(f"\nINT8 ratio {v0['int8_ratio']:.3f}x > {THRESHOLD}x with round_to={first}. Per-layer profile "
-              "(ONNX Runtime profiler), modules that keep the INT8 time (pruned ms - half the unpruned ms):")
-        for r in v0["layers"][:6]:
-            print(f"  {r['module']:36s} {r['unpruned_ms']:.4f} -> {r['pruned_ms']:.4f} ms"
-                  + (f" ({r['ratio']:.2f}x)" if r["ratio"] is not None else ""))
+    above = v0["int8_ratio"] > THRESHOLD
+    print(f"\nINT8 ratio {v0['int8_ratio']:.3f}x {'>' if above else '<='} {THRESHOLD}x with round_to={first}. "
+          "Per-layer profile (ONNX Runtime profiler, INT8 kernel ms), modules that keep the INT8 time "
+          "(sorted by pruned ms - half the unpruned ms):")
+    for r in v0["layers"][:6]:
+        print(f"  {r['module']:36s} {r['unpruned_ms']:.4f} -> {r['pruned_ms']:.4f} ms"
+              + (f" ({r['ratio']:.2f}x)" if r["ratio"] is not None else ""))
+    if above:
         vb = result["variants"][best]
         if best != first and vb["int8_ratio"] < v0["int8_ratio"]:
             print(f"fix found: prune.round_to={best} -> INT8 ratio {vb['int8_ratio']:.3f}x at {vb['macs_ratio']:.3f}x "
