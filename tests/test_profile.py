@@ -149,3 +149,38 @@ def test_tensorrt_profile_import(fast_run, tmp_path):
     assert p.returncode == 2 and "none of this run's target artifacts" in p.stderr
     p = run_cli("report", str(run), timeout=300)
     assert p.returncode == 0 and f"Per-layer profile: {art['target']}" in (run / "report.html").read_text()
+
+
+def test_bench_engine_layer_profile_files_import(fast_run, tmp_path):
+    """bench_engine.py --layer-profile (TensorRT Python API: IProfiler + engine inspector) writes trtexec's formats;
+    the IProfiler itself needs a GPU, so its per-enqueue layer times are given here and the writer is real."""
+    import importlib
+    import sys
+
+    import numpy as np
+
+    run = tmp_path / "run"
+    shutil.copytree(fast_run, run)
+    s = read_run(run)
+    art = next(a for a in s["artifacts"] if a["name"].endswith(":int8") and a["target"].startswith("jetson"))
+    names = [n.name for n in onnx.load(str(run / art["model_path"])).graph.node if n.op_type in ("Conv", "Gemm")]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "targets/standalone/tensorrt"))
+    try:
+        be = importlib.import_module("bench_engine")
+    finally:
+        sys.path.pop(0)
+        sys.modules.pop("bench_engine", None)
+    per_layer = {n: [0.01 + 0.001 * i, 0.02 + 0.001 * i, 0.011 + 0.001 * i] for i, n in enumerate(names)}
+    recs = be.profile_records(per_layer, np)
+    assert recs[0] == {"count": 3} and recs[1]["medianMs"] == pytest.approx(0.011)
+    layers = {"Layers": [{"Name": n, "LayerType": "CaskConvolution", "Metadata": f"[ONNX Layer: {n}]",
+                          "Outputs": [{"Name": "o", "Format/Datatype": "Int8 NC/32HW32"}]} for n in names],
+              "Bindings": ["input", "logits"]}
+    side = be.write_layer_profile(tmp_path / "lp", recs, layers, [0.06, 0.05, 0.07],
+                                  {"file": "model.onnx", "sha256": art["sha256"]}, "10.3", "Jetson")
+    p = run_cli("import-results", str(run), str(side), timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = read_run(run)["targets"][art["target"]]["layer_profile"]
+    assert doc["total_ms"] == pytest.approx(0.06) and "IProfiler" in doc["method"]["int8"]
+    by = {r["module"]: r for r in doc["rows"]}
+    assert STUDENT_CONVS | {"fc"} <= set(by) and by["features.0.0"]["int8_ms"] == pytest.approx(0.011)

@@ -89,8 +89,8 @@ def _read(path: Path):
 
 def variant_from_sidecar(sidecar: Path, doc: dict) -> VariantProfile:
     base = sidecar.parent
-    ops = parse(_read(base / doc.get("profile", "profile.json")),
-                _read(base / doc["layers"]) if (base / doc.get("layers", "layers.json")).is_file() else None)
+    layers = base / (doc.get("layers") or "layers.json")
+    ops = parse(_read(base / doc.get("profile", "profile.json")), _read(layers) if layers.is_file() else None)
     times_path = base / doc.get("times", "times.json")
     total = None
     if times_path.is_file():
@@ -101,7 +101,8 @@ def variant_from_sidecar(sidecar: Path, doc: dict) -> VariantProfile:
         raise DataError(f"{times_path}: no per-inference times (trtexec --exportTimes) to give the end-to-end p50",
                         hint="copy times.json too, written by build_engine.sh beside the engine")
     return VariantProfile(ops=ops, total_ms=total, runtime="tensorrt", runtime_version=str(doc.get("tensorrt_version")),
-                          method="trtexec --exportProfile (medianMs per layer, separate profiling run)",
+                          method=doc.get("method") or "trtexec --exportProfile (medianMs per layer, separate "
+                                                         "profiling run)",
                           iterations=int(next((r.get("count") for r in _read(base / doc.get("profile", "profile.json"))
                                                if isinstance(r, dict) and "count" in r), 0) or 0),
                           left_out=LEFT_OUT)
