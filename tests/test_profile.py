@@ -11,7 +11,7 @@ import onnx
 import pytest
 from conftest import fast_args, read_run, run_cli
 
-from pipeline.profile.mapping import OnnxIndex, litert_module, scope_to_module
+from pipeline.profile.mapping import litert_module, scope_to_module
 from pipeline.profile.schema import coverage
 
 # small_cnn: what the default student's modules are called in PyTorch

@@ -12,7 +12,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from pipeline.profile.mapping import OnnxIndex, op_kind
 
@@ -123,6 +123,3 @@ def coverage(doc: dict) -> dict[str, float | None]:
         out[v] = (s / total) if s is not None and total else None
     return out
 
-
-def as_dict(op: OpTime) -> dict:
-    return asdict(op)

@@ -71,12 +71,13 @@ def default_threads(run: dict, profile_name: str) -> int:
 def profile_models(backend: str, models: dict[str, Path], threads: int, iterations: int, warmup: int) -> dict:
     """{variant: VariantProfile} for the float and int8 model files of a host backend."""
     import importlib
+    import importlib.util
 
     mod_name = {"onnxruntime": "ort", "openvino": "openvino", "litert": "litert"}[backend]
     pkg = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai_edge_litert"}[backend]
     if importlib.util.find_spec(pkg) is None:
         raise MissingDependency(f"{pkg} is not installed: cannot profile a {backend} target here",
-                                hint=f"pip install -e '.[{ 'litert' if backend == 'litert' else backend}]'")
+                                hint=f"pip install -e '.[{'tflite' if backend == 'litert' else backend}]'")
     mod = importlib.import_module(f"pipeline.profile.{mod_name}")
     return {v: mod.profile(p, threads, iterations=iterations, warmup=warmup) for v, p in models.items()}
 
