@@ -37,7 +37,8 @@ def _prefix_bytes(model, k: int) -> bytes:
     m = copy.deepcopy(model)
     sg = m.subgraphs[0]
     ops = list(sg.operators[:k])
-    produced, consumed = [], set()
+    produced: list[int] = []
+    consumed: set[int] = set()
     for op in ops:
         consumed.update(int(i) for i in op.inputs if int(i) >= 0)
         produced += [int(o) for o in op.outputs]

@@ -83,15 +83,10 @@ def litert_module(tensor_name: str) -> str | None:
         root = next((i for i, s in enumerate(segs) if s.endswith("_wrapped")), None)
         if root is None:
             continue
-        attrs = []
-        for s in segs[root + 1:]:
-            last = s.rsplit(".", 1)[-1]
-            if "_" not in last:
-                attrs = None
-                break
-            attrs.append(last.split("_", 1)[1])
-        if attrs is None:
+        lasts = [s.rsplit(".", 1)[-1] for s in segs[root + 1:]]
+        if any("_" not in last for last in lasts):
             continue
+        attrs = [last.split("_", 1)[1] for last in lasts]
         module = ".".join(attrs)
         cls = segs[-1].rsplit(".", 1)[-1].split("_", 1)[0].lower()
         if best is None or any(k in cls for k in ("conv", "linear")):

@@ -41,11 +41,12 @@ def resolve_target(run: dict, name: str) -> str:
         return name
     from targets.profiles import load_profiles, resolve_profile
 
+    prof: str | None
     try:
         prof = resolve_profile(name, load_profiles()).name
     except Exception:  # noqa: BLE001 - reported below with the run's targets
         prof = None
-    if prof not in (run.get("targets") or {}):
+    if prof is None or prof not in (run.get("targets") or {}):
         raise ConfigError(f"target {name!r} is not in this run (targets: {', '.join(run.get('targets') or {}) or 'none'})",
                           hint="pass one of the run's targets to --target")
     return prof

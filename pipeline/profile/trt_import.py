@@ -94,8 +94,8 @@ def variant_from_sidecar(sidecar: Path, doc: dict) -> VariantProfile:
     times_path = base / doc.get("times", "times.json")
     total = None
     if times_path.is_file():
-        lat = [r.get("latencyMs") for r in _read(times_path) if isinstance(r, dict)]
-        lat = [v for v in lat if isinstance(v, (int, float))]
+        lat = [float(r["latencyMs"]) for r in _read(times_path)
+               if isinstance(r, dict) and isinstance(r.get("latencyMs"), (int, float))]
         total = statistics.median(lat) if lat else None
     if total is None:
         raise DataError(f"{times_path}: no per-inference times (trtexec --exportTimes) to give the end-to-end p50",
