@@ -1,6 +1,6 @@
 """Pruning + INT8: does a 0.5x-MACs pruned student also run faster in INT8? If not, which layers hold it back?
 
-    python benchmarks/prune_int8.py [--out runs/prune-int8] [--target-macs 0.5] [--round-to 8 16 32]
+    python benchmarks/prune_int8.py [--out runs/prune-int8] [--target-macs 0.5 | --ratio R] [--round-to 8 16 32]
                                     [--threads 1] [--repeats 5] [--set key=value ...] [--json OUT]
 
 Runs the pipeline's own stages (data -> teacher -> distill -> prune with prune.target_macs_ratio), once
@@ -47,7 +47,9 @@ def _module_ratios(unpruned: dict, pruned: dict) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=_ROOT / "runs" / "prune-int8")
-    ap.add_argument("--target-macs", type=float, default=0.5)
+    ap.add_argument("--target-macs", type=float, default=0.5, help="prune.target_macs_ratio (default 0.5)")
+    ap.add_argument("--ratio", type=float, help="prune.ratio instead of a MACs target (for models whose "
+                    "coupled groups cannot reach the target, e.g. CIFAR ResNets with round_to 8 on 16 channels)")
     ap.add_argument("--round-to", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--recovery-epochs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
@@ -71,7 +73,8 @@ def main(argv=None) -> int:
     from pipeline.stages.teacher import run_teacher
     from targets.onnxruntime import quantize_qdq
 
-    base_sets = [f"prune.target_macs_ratio={a.target_macs}", f"prune.recovery.epochs={a.recovery_epochs}", *a.sets]
+    size = [f"prune.ratio={a.ratio}"] if a.ratio is not None else [f"prune.target_macs_ratio={a.target_macs}"]
+    base_sets = [*size, f"prune.recovery.epochs={a.recovery_epochs}", *a.sets]
     runner = Runner(a.out)
     recipe0 = load_recipe(None, sets=["prune.enabled=true", *base_sets])
     data = run_data(runner, recipe0)
@@ -80,7 +83,7 @@ def main(argv=None) -> int:
     splits = read_splits(data)
     example = torch.from_numpy(splits.x_test[:1])
     calib = splits.x_train[:256]
-    result = {"kind": "prune-int8-benchmark", "target_macs_ratio": a.target_macs, "threads": a.threads,
+    result = {"kind": "prune-int8-benchmark", "prune": size, "threads": a.threads,
               "runtime": "onnxruntime (U8S8 QDQ, CPUExecutionProvider)", "batch": 1, "source": "measured",
               "variants": {}}
     with tempfile.TemporaryDirectory(prefix="prune-int8-") as tmp:
