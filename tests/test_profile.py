@@ -79,9 +79,11 @@ def test_profile_command(host_run, tmp_path, target, profile, runtime, source, p
     assert "features.1.0" in p.stdout and "end-to-end p50" in p.stdout
 
 
-def test_profile_refuses_unknown_target_and_tensorrt(host_run):
+def test_profile_refuses_unknown_target_and_tensorrt(host_run, fast_run):
     p = run_cli("profile", str(host_run), "--target", "nosuch", timeout=300)
     assert p.returncode == 2 and "not in this run" in p.stderr
+    p = run_cli("profile", str(fast_run), "--target", "jetson", timeout=300)
+    assert p.returncode == 2 and "cannot be profiled on this host" in p.stderr and "build_engine.sh" in p.stderr
 
 
 # --------------------------------------------------------------------------- TensorRT: trtexec's exports

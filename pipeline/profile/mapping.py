@@ -31,6 +31,8 @@ COMPUTE_RUNTIME = {"conv", "qlinearconv", "fusedconv", "nchwcconv", "convinteger
                    "depthwise_conv_2d", "fully_connected", "batch_matmul", "transpose_conv"}
 QUANT_TYPES = {"quantizelinear", "dequantizelinear", "dynamicquantizelinear", "fakequantize", "quantize",
                "dequantize", "requantize", "convert"}
+# Data movement a runtime adds around a layer (layout reorders, LiteRT's explicit PAD before a conv): its
+# time is reported as the row's overhead, with Q/DQ.
 REFORMAT_TYPES = {"transpose", "reorder", "reorderinput", "reorderoutput", "reshape", "flatten", "squeeze",
                   "unsqueeze", "pad", "copy", "reformat", "shuffle"}
 
