@@ -16,8 +16,9 @@ from pipeline.profile.schema import coverage
 
 # small_cnn: what the default student's modules are called in PyTorch
 STUDENT_CONVS = {"features.0.0", "features.1.0", "features.2.0"}
-# Loose on purpose: unit tests run beside other workers; the 15% check is benchmarks/profile_check.py.
-SUM_BOUNDS = (0.4, 2.5)
+# Loose on purpose: unit tests run beside other workers on 16x16 inputs (kernels of a few us); the 15% check
+# is benchmarks/profile_check.py on the default run on an idle machine.
+SUM_BOUNDS = (0.33, 3.0)
 
 
 def test_scope_to_module_follows_the_legacy_exporter():
@@ -70,11 +71,13 @@ def _check_doc(doc: dict, target: str, int8_precisions: set[str]):
 ])
 def test_profile_command(host_run, tmp_path, target, profile, runtime, source, precisions):
     out = tmp_path / "p.json"
-    p = run_cli("profile", str(host_run), "--target", target, "--json", str(out), "--iterations", "60", timeout=600)
+    # one thread: two threads on two shared cores make every timing wait on the other worker
+    p = run_cli("profile", str(host_run), "--target", target, "--json", str(out), "--iterations", "60",
+                "--threads", "1", timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     doc = json.loads(out.read_text())
     _check_doc(doc, profile, precisions)
-    assert doc["runtime"] == runtime and doc["source"] == source
+    assert doc["runtime"] == runtime and doc["source"] == source and doc["threads"] == 1
     assert read_run(host_run)["targets"][profile]["layer_profile"]["rows"] == doc["rows"]
     assert "features.1.0" in p.stdout and "end-to-end p50" in p.stdout
 
