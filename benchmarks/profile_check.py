@@ -4,7 +4,8 @@
 
 For each target: profile the FP32 and INT8 artifacts (pipeline.profile: the runtime's own per-op profiler),
 then print the sum of the per-module rows beside the end-to-end p50 measured in the same process with the
-same threads at batch 1, their ratio, and what the rows leave out. Exit 1 when a ratio is outside
+same threads at batch 1, their ratio, the runtime's fixed cost per call measured on a one-op model (what
+no row can hold), and what the rows leave out. Exit 1 when a ratio is outside
 1 +- TOLERANCE. Run it on an idle machine: per-op profilers and the end-to-end timing are both sensitive
 to other load on the cores.
 """
@@ -32,14 +33,17 @@ def main(argv=None) -> int:
     run_dir = Path(args.run_dir)
     run = read_run(run_dir)
     bad = 0
-    print(f"{'target':16s} {'variant':7s} {'rows ms':>9s} {'e2e p50 ms':>10s} {'ratio':>6s}  within {TOLERANCE:.0%}")
+    print(f"{'target':16s} {'variant':7s} {'rows ms':>9s} {'call ms':>8s} {'e2e p50 ms':>10s} {'rows/e2e':>8s} "
+          f"{'(rows+call)/e2e':>15s}  rows within {TOLERANCE:.0%}")
     for t in args.targets:
         doc = profile_target(run_dir, run, t, iterations=args.iterations)
         for v, c in coverage(doc).items():
             total = doc["total_ms"] if v == "int8" else doc["total_float_ms"]
+            call = (doc.get("call_overhead_ms") or {}).get(v) or 0.0
             ok = c is not None and abs(c - 1) <= TOLERANCE
             bad += not ok
-            print(f"{doc['target']:16s} {v:7s} {doc[f'sum_{v}_ms']:9.4f} {total:10.4f} {c:6.2f}  {'yes' if ok else 'NO'}"
+            print(f"{doc['target']:16s} {v:7s} {doc[f'sum_{v}_ms']:9.4f} {call:8.4f} {total:10.4f} {c:8.2f} "
+                  f"{(doc[f'sum_{v}_ms'] + call) / total:15.2f}  {'yes' if ok else 'NO'}"
                   f"  ({doc['runtime']}, {doc['threads']} thread(s), {doc['source']})")
         print(f"  left out: {doc['left_out']['int8']}")
         if doc["unmapped_ops"]:

@@ -126,4 +126,4 @@ def profile(path, threads: int, iterations: int = 200, warmup: int = 20, rounds:
                           runtime_version=getattr(ai_edge_litert, "__version__", "unknown"),
                           method="LiteRT prefix differences: T(first k+1 ops) - T(first k ops), invoke() medians, "
                                  "XNNPACK delegate as in the benchmark",
-                          iterations=iterations, left_out=LEFT_OUT)
+                          iterations=iterations, left_out=LEFT_OUT, call_overhead_ms=t[0])

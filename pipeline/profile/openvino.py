@@ -14,7 +14,7 @@ from collections import defaultdict
 import numpy as np
 
 from pipeline.profile.schema import OpTime, VariantProfile, short_precision
-from pipeline.profile.timing import interleaved, median
+from pipeline.profile.timing import interleaved, median, relu_onnx
 
 LEFT_OUT = "the input copy (the input tensor is set once, as in a zero-copy app) and the "\
     "infer request overhead outside the nodes (input/output tensor setting, scheduling) and the Python call"
@@ -75,8 +75,12 @@ def profile(path, threads: int, iterations: int = 200, warmup: int = 20,
             info[p.node_name] = (p.node_type, p.exec_type)
 
     total = median(interleaved(plain.infer, profiled, iterations, warmup))
+    one_op = core.compile_model(core.read_model(relu_onnx(shape), b""), "CPU",
+                                _config(threads, precision_hint, False)).create_infer_request()
+    one_op.set_input_tensor(ov.Tensor(x))
+    overhead = median(interleaved(one_op.infer, lambda i: None, iterations, warmup))
     ops = [OpTime(name=n, type=info[n][0], ms=median(t), precision=short_precision(info[n][1].rsplit("_", 1)[-1]),
                   names=originals.get(n, ())) for n, t in times.items()]
     return VariantProfile(ops=ops, total_ms=total, runtime="openvino", runtime_version=ov.get_version().split("-")[0],
                           method="OpenVINO PERF_COUNT profiling_info real_time (us resolution), median per node",
-                          iterations=iterations, left_out=LEFT_OUT)
+                          iterations=iterations, left_out=LEFT_OUT, call_overhead_ms=overhead)

@@ -15,7 +15,7 @@ from collections import defaultdict
 import numpy as np
 
 from pipeline.profile.schema import OpTime, VariantProfile, short_precision
-from pipeline.profile.timing import interleaved, median
+from pipeline.profile.timing import interleaved, median, relu_onnx
 
 LEFT_OUT = ("session.run overhead outside the kernels (input/output binding, allocation, executor bookkeeping) "
             "and the Python call")
@@ -32,7 +32,7 @@ def _session(path, threads: int, profile_prefix: str | None):
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), so, providers=["CPUExecutionProvider"])
 
 
 def parse_trace(events: list[dict], skip: int = 0) -> list[OpTime]:
@@ -63,6 +63,9 @@ def profile(path, threads: int, iterations: int = 200, warmup: int = 20) -> Vari
     feed = {inp.name: x}
     with tempfile.TemporaryDirectory(prefix="ortprof-") as tmp:
         sess = _session(path, threads, os.path.join(tmp, "ort"))
+        one_op = _session(relu_onnx(shape), threads, None)
+        one_feed = {"input": x}
+        overhead = median(interleaved(lambda: one_op.run(None, one_feed), lambda i: None, iterations, warmup))
         total = median(interleaved(lambda: plain.run(None, feed), lambda i: sess.run(None, feed), iterations, warmup))
         trace = sess.end_profiling()
         with open(trace) as f:
@@ -70,4 +73,4 @@ def profile(path, threads: int, iterations: int = 200, warmup: int = 20) -> Vari
     ops = parse_trace(events, skip=warmup)
     return VariantProfile(ops=ops, total_ms=total, runtime="onnxruntime", runtime_version=ort.__version__,
                           method="onnxruntime profiler (enable_profiling), median kernel time per node",
-                          iterations=iterations, left_out=LEFT_OUT)
+                          iterations=iterations, left_out=LEFT_OUT, call_overhead_ms=overhead)

@@ -4,7 +4,8 @@
      host-measured | device-measured, "method": how per-op times were taken, "threads", "batch": 1,
      "total_ms": measured end-to-end p50 of the INT8 artifact, "total_float_ms": same for the float one,
      "sum_int8_ms"/"sum_float_ms": sum of the rows, "left_out": what the rows do not cover,
-     "unmapped_ops": runtime ops not mapped to a module,
+     "unmapped_ops": runtime ops not mapped to a module, "call_overhead_ms": the runtime's fixed cost per call
+     measured on a one-op model (the part of total_ms no row can hold),
      "rows": [{"module": PyTorch module path ('' = the model's own forward, None = unmapped),
                "label", "ops": [{"name", "type", "kind", "variant", "ms", "precision"}],
                "float_ms", "int8_ms", "precision" (INT8 artifact), "float_precision",
@@ -43,6 +44,9 @@ class VariantProfile:
     method: str
     iterations: int
     left_out: str
+    # The runtime's fixed cost per call, measured the same way on a one-op model (Relu on the same input):
+    # what the rows cannot contain. Never added to a row.
+    call_overhead_ms: float | None = None
 
 
 def short_precision(p: str | None) -> str | None:
@@ -108,7 +112,9 @@ def profile_doc(target: str, backend: str, source: str, host: str, threads: int,
            "total_ms": round(variants["int8"].total_ms, 6) if "int8" in variants else None,
            "total_float_ms": round(variants["float"].total_ms, 6) if "float" in variants else None,
            "rows": rows, "unmapped_ops": unmapped,
-           "left_out": {v: vp.left_out for v, vp in variants.items()}}
+           "left_out": {v: vp.left_out for v, vp in variants.items()},
+           "call_overhead_ms": {v: None if vp.call_overhead_ms is None else round(vp.call_overhead_ms, 6)
+                                for v, vp in variants.items()}}
     for v in VARIANTS:
         vals = [r[f"{v}_ms"] for r in rows if r[f"{v}_ms"] is not None]
         doc[f"sum_{v}_ms"] = round(sum(vals), 6) if vals else None

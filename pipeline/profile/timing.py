@@ -31,3 +31,16 @@ def interleaved(plain: Callable[[], object], profiled: Callable[[int], object], 
             profiled(k)
             k += 1
     return times
+
+
+def relu_onnx(shape: list[int]) -> bytes:
+    """A one-op ONNX model (Relu) on ``shape``: timing it gives a runtime's fixed cost per call."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"], name="relu")], "call_overhead", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
