@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline import cli_tools
 
     cli_tools.add_commands(sub)
+    from pipeline.commands import profile as profile_cmd
+
+    profile_cmd.add_parser(sub)
     for sp in sub.choices.values():  # `--debug` is accepted after any subcommand too
         if "--debug" not in sp._option_string_actions:
             sp.add_argument("--debug", action="store_true", help="show tracebacks")

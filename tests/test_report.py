@@ -66,6 +66,19 @@ def _art(name, role, target, precision, acc, size, p50, source, **extra):
             "peak_rss_mb": {"value": 1.0, "source": source}, "bundle": None, **extra}
 
 
+def _layer_profile() -> dict:
+    """A per-layer profile in the schema of pipeline/profile/schema.py (as `python -m pipeline profile` stores it)."""
+    op = {"name": "/features/features.1/features.1.0/Conv", "type": "Convolution", "kind": "compute"}
+    rows = [{"module": "features.1.0", "label": "features.1.0", "float_ms": 0.04, "int8_ms": 0.036, "precision": "i8",
+             "float_precision": "f32", "overhead_ms": {"float": 0.0, "int8": 0.002},
+             "ops": [{**op, "variant": "float", "ms": 0.04, "precision": "f32"},
+                     {**op, "variant": "int8", "ms": 0.036, "precision": "i8"}]}]
+    return {"target": "x86", "backend": "openvino", "runtime": "openvino", "runtime_version": "2026.0", "host": "test cpu",
+            "source": "measured", "threads": 1, "batch": 1, "method": {"int8": "PERF_COUNT"}, "rows": rows,
+            "total_ms": 0.04, "total_float_ms": 0.045, "sum_int8_ms": 0.036, "sum_float_ms": 0.04,
+            "unmapped_ops": [], "left_out": {"int8": "infer request overhead"}}
+
+
 @pytest.fixture()
 def synthetic_run(tmp_path) -> Path:
     run = tmp_path / "run"
@@ -96,7 +109,8 @@ def synthetic_run(tmp_path) -> Path:
             _art("jetson:fp32", "target", "jetson", "fp32", 0.95, 150_000, None, "not measured"),
             _art("x86:bf16", "target", "x86", "bf16", None, 150_000, 0.2, "measured"),
         ],
-        "targets": {"jetson": {"compile": {"engine": {"built": False, "reason": "engine is built on the device"}}}},
+        "targets": {"jetson": {"compile": {"engine": {"built": False, "reason": "engine is built on the device"}}},
+                    "x86": {"profile": "x86", "layer_profile": _layer_profile()}},
         "skipped_targets": {"openvino-x86": "openvino not installed"},
         "failed_targets": {"litert-arm": "INT8 accuracy drop 0.05 exceeds the budget"},
         "notes": ["teacher trained here for 3 epochs"],
@@ -144,6 +158,7 @@ def test_synthetic_report_files(synthetic_run, tmp_path):
     assert "litert-arm: INT8 accuracy drop" in md and "openvino-x86: openvino not installed" in md
     assert "jetson: engine is built on the device" in md
     assert "| benchmark [x86] | no | 2.00 |" in md and "| distill | yes | 0.01 |" in md
+    assert "## Per-layer profile: x86" in md and "| features.1.0 | Convolution | 0.0400 | 0.0360 | 0.90 | i8 |" in md
     pngs = _pngs_in_html(r.html.read_text())
     assert len(pngs) == 3 == len(r.pngs)
     assert sorted(p.name for p in r.pngs) == ["report_accuracy_latency.png", "report_latency.png", "report_sizes.png"]
@@ -327,3 +342,20 @@ def test_frontier_renders_in_chromium(tmp_path):
         return int(((a.max(-1) - a.min(-1)) > 60).sum())
 
     assert coloured(shot) > 300 and coloured(shot) > 5 * (coloured(shot_bare) + 10)
+@pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                    reason=f"{CHROMIUM} not installed (apt-get install -y chromium) to render report.html")
+def test_report_html_per_layer_table_in_chromium(synthetic_run, tmp_path):
+    """The per-layer profile table is in the DOM Chromium builds from report.html."""
+    r = write_report(synthetic_run, tmp_path / "rep")
+    ud = tempfile.mkdtemp(prefix="report-chromium-")
+    try:
+        p = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                            f"--user-data-dir={ud}", "--dump-dom", r.html.resolve().as_uri()],
+                           capture_output=True, text=True, timeout=180, env={**os.environ, "HOME": ud})
+    finally:
+        shutil.rmtree(ud, ignore_errors=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    dom = p.stdout
+    assert "<h2>Per-layer profile: x86</h2>" in dom
+    assert re.search(r"<td>features\.1\.0</td><td>Convolution</td><td class=\"?r\"?>0\.0400</td>", dom), dom[-3000:]

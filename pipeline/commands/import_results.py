@@ -312,6 +312,12 @@ def import_results(run_dir: str | Path, result_path: str | Path, target: str | N
 
 
 def cmd_import_results(args) -> int:
+    from pipeline.profile.trt_import import is_trt_profile
+
+    if is_trt_profile(Path(args.result)):  # trtexec layer profile from build_engine.sh (pipeline/profile/)
+        from pipeline.profile.trt_import import cmd_import_trt_profile
+
+        return cmd_import_trt_profile(args)
     added = import_results(args.run_dir, args.result, args.target, args.device, force=args.force)
     for r in added:
         print(f"imported {r['artifact']}: p50 {r['p50_ms']} ms on {r['device']} ({r['runtime']}, device-measured)"

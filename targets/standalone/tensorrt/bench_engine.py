@@ -5,6 +5,12 @@ Standalone: Python standard library + numpy + the device's ``tensorrt``; CUDA is
 (libcuda) with ctypes, so neither cuda-python nor pycuda nor torch is needed.
 
     python3 bench_engine.py --plan model.plan [--batch 1] [--warmup 50] [--iterations 200] [--out bench.json]
+                            [--layer-profile DIR]
+
+--layer-profile DIR also times every layer with the TensorRT Python API's IProfiler and writes, in trtexec's
+formats, DIR/profile.json (per-layer medianMs), DIR/layers.json (the engine inspector's layer information; the
+plan must be built with detailed profiling verbosity, as build_engine.py does), DIR/times.json and
+DIR/trt_profile.json, which `python -m pipeline import-results RUN_DIR DIR/trt_profile.json` brings back.
 
 Timing: host wall clock around ``execute_async_v3`` + stream synchronize, inputs copied to the GPU once before the
 loop (like ``trtexec --noDataTransfers``). Exit codes: 0 ok, 1 run failed, 2 bad input, 3 TensorRT or GPU missing.
@@ -131,7 +137,8 @@ def import_trt(allow_rtx: bool):
     return None, None
 
 
-def bench(trt, np, plan: Path, batch: int, warmup: int, iterations: int, drv: CudaDriver) -> dict:
+def bench(trt, np, plan: Path, batch: int, warmup: int, iterations: int, drv: CudaDriver,
+          want_layers: bool = False) -> dict:
     errors = []
 
     class Logger(trt.ILogger):
@@ -192,7 +199,11 @@ def bench(trt, np, plan: Path, batch: int, warmup: int, iterations: int, drv: Cu
             drv.dtoh(host[n], ptrs[n])
     drv.sync()
     stats = latency_stats(times, np)
-    return {
+    extra: dict = {}
+    if want_layers:  # after the timed loop: the profiler's callbacks must not disturb the latency figures
+        extra["_layer_profile"] = layer_profile(trt, np, engine, context, stream, drv, iterations)
+        extra["_times"] = times
+    return {**extra,
         "runtime": trt.__name__, "runtime_version": str(trt.__version__),
         "latency_ms": stats, "iterations": len(times), "warmup": warmup, "batch": batch,
         "throughput_ips": batch * 1e3 / stats["p50"] if stats["p50"] > 0 else None,
@@ -204,6 +215,60 @@ def bench(trt, np, plan: Path, batch: int, warmup: int, iterations: int, drv: Cu
         "python": platform.python_version(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "source": "device-measured",
     }
+
+
+def layer_profile(trt, np, engine, context, stream: int, drv, iterations: int) -> tuple[list, dict | None]:
+    """Per-layer times over ``iterations`` enqueues (IProfiler), in trtexec's --exportProfile format, and the
+    engine inspector's layer information (trtexec's --exportLayerInfo format)."""
+    per_layer: dict = {}
+
+    class Profiler(trt.IProfiler):
+        def __init__(self):
+            trt.IProfiler.__init__(self)
+
+        def report_layer_time(self, layer_name, ms):
+            per_layer.setdefault(layer_name, []).append(float(ms))
+
+    context.profiler = Profiler()
+    for _ in range(iterations):
+        context.execute_async_v3(stream)
+        drv.sync()
+    context.profiler = None
+    layers = None
+    try:
+        text = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+        layers = json.loads(text)
+    except Exception:  # noqa: BLE001 - the timings are still useful without layer information
+        pass
+    return profile_records(per_layer, np), layers
+
+
+def profile_records(per_layer: dict, np) -> list:
+    """{layer: [ms per enqueue]} -> trtexec's --exportProfile list ({"count"} first, then one record per layer)."""
+    total = sum(float(np.median(v)) for v in per_layer.values()) or 1.0
+    count = max((len(v) for v in per_layer.values()), default=0)
+    recs: list[dict] = [{"count": count}]
+    for name, v in per_layer.items():
+        med = float(np.median(v))
+        recs.append({"name": name, "timeMs": float(np.sum(v)), "averageMs": float(np.mean(v)), "medianMs": med,
+                     "percentage": 100.0 * med / total})
+    return recs
+
+
+def write_layer_profile(out_dir: Path, records: list, layers: dict | None, times_ms: list, source: dict | None,
+                        runtime_version: str, device: str | None) -> Path:
+    """profile.json, layers.json, times.json and the trt_profile.json that ties them to the bundle's ONNX."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "profile.json").write_text(json.dumps(records, indent=1))
+    if layers is not None:
+        (out_dir / "layers.json").write_text(json.dumps(layers, indent=1))
+    (out_dir / "times.json").write_text(json.dumps([{"latencyMs": t} for t in times_ms]))
+    side = {"kind": "trt-layer-profile", "onnx": (source or {}).get("file"), "onnx_sha256": (source or {}).get("sha256"),
+            "profile": "profile.json", "layers": "layers.json" if layers is not None else None, "times": "times.json",
+            "tensorrt_version": runtime_version, "device": device, "method": "IProfiler (bench_engine.py)"}
+    path = out_dir / "trt_profile.json"
+    path.write_text(json.dumps(side, indent=1))
+    return path
 
 
 def source_model(manifest: Path) -> dict | None:
@@ -223,6 +288,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--out", help="also write the JSON record to this file")
+    ap.add_argument("--layer-profile", metavar="DIR", help="also write per-layer times (IProfiler) and layer "
+                    "information here, for `python -m pipeline import-results RUN_DIR DIR/trt_profile.json`")
     ap.add_argument("--allow-rtx", action="store_true", help="accept pip tensorrt_rtx (testing only)")
     ap.add_argument("--manifest", default=None,
                     help="bundle manifest.json (default: next to the plan); names the ONNX the engine was built from")
@@ -250,13 +317,18 @@ def main(argv=None) -> int:
         print(f"error: needs an NVIDIA GPU: {exc}", file=sys.stderr)
         return 3
     try:
-        record = bench(trt, np, plan, args.batch, args.warmup, args.iterations, drv)
+        record = bench(trt, np, plan, args.batch, args.warmup, args.iterations, drv, bool(args.layer_profile))
     except Exception as exc:  # the device run failed: exit 1 with the reason (device script, no pipeline imports)
         print(f"error: benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
         drv.close()
     record["source_model"] = source_model(Path(args.manifest) if args.manifest else plan.parent / "manifest.json")
+    if "_layer_profile" in record:
+        (recs, layers), times = record.pop("_layer_profile"), record.pop("_times")
+        side = write_layer_profile(Path(args.layer_profile), recs, layers, times, record["source_model"],
+                                   record["runtime_version"], record.get("device_model") or record.get("device"))
+        print(f"layer profile: {side}", file=sys.stderr)
     record["kind"] = "engine-result"
     text = json.dumps(record, indent=2)
     print(text)

@@ -134,6 +134,9 @@ def build(trt, onnx_path: Path, plan_path: Path, *, timing_cache=None, batch_pro
         errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         return {"ok": False, "stage": "parse", "errors": errs or logger.errors}
     config = builder.create_builder_config()
+    if hasattr(config, "profiling_verbosity") and hasattr(trt, "ProfilingVerbosity"):
+        # layer information with the ONNX node names (bench_engine.py --layer-profile, the engine inspector)
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if hasattr(config, "set_memory_pool_limit"):
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     bmin, bopt, bmax = batch_profile

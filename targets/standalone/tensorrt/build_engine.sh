@@ -14,6 +14,11 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ONNX="${1:-${ONNX:-$HERE/model.onnx}}"
 PLAN="${2:-${PLAN:-$(dirname "$ONNX")/model.plan}}"
 TIMES="${TIMES:-$(dirname "$PLAN")/times.json}"
+# Per-layer timings and layer information (with the ONNX node names of fused layers) for
+# `python -m pipeline import-results RUN_DIR trt_profile.json` on the host.
+PROFILE_JSON="$(dirname "$PLAN")/profile.json"
+LAYERS_JSON="$(dirname "$PLAN")/layers.json"
+SIDECAR="$(dirname "$PLAN")/trt_profile.json"
 BATCH="${BATCH:-1}"
 
 die() { echo "error: $2" >&2; exit "$1"; }
@@ -101,6 +106,16 @@ echo "building $PLAN from $ONNX with $TRTEXEC (TensorRT ${installed:-unknown}), 
 set -x
 "$TRTEXEC" --onnx="$ONNX" --stronglyTyped --saveEngine="$PLAN" --shapes="$INPUT_NAME:$INPUT_SHAPE" \
   --avgRuns=100 --percentile=50,90,99 --useCudaGraph --noDataTransfers --exportTimes="$TIMES" \
+  --profilingVerbosity=detailed --separateProfileRun --exportProfile="$PROFILE_JSON" --exportLayerInfo="$LAYERS_JSON" \
   || { set +x; die 1 "trtexec failed"; }
 { set +x; } 2>/dev/null
-echo "engine: $PLAN  per-inference times: $TIMES" >&2
+python3 -c '
+import hashlib, json, os, sys
+onnx, sidecar, trt, dev = sys.argv[1:5]
+h = hashlib.sha256(open(onnx, "rb").read()).hexdigest()
+json.dump({"kind": "trt-layer-profile", "onnx": os.path.basename(onnx), "onnx_sha256": h, "profile": "profile.json",
+           "layers": "layers.json", "times": os.path.basename(sys.argv[5]), "tensorrt_version": trt, "device": dev},
+          open(sidecar, "w"), indent=1)
+' "$ONNX" "$SIDECAR" "${installed:-unknown}" "$(tr -d '\0' </proc/device-tree/model 2>/dev/null || uname -n)" "$TIMES" \
+  || echo "warning: $SIDECAR not written (the layer profile cannot be imported without it)" >&2
+echo "engine: $PLAN  per-inference times: $TIMES  layer profile: $PROFILE_JSON, $LAYERS_JSON ($SIDECAR)" >&2
