@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", nargs="+", default=["onnxruntime", "x86", "rpi"])
     ap.add_argument("--iterations", type=int, default=300)
     args = ap.parse_args(argv)
-    from pipeline.commands.import_results import read_run
+    from pipeline.run_json import read_run
     from pipeline.profile.schema import coverage
     from pipeline.profile.target import profile_target
 

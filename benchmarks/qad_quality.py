@@ -15,7 +15,7 @@ QAD_TARGETS = ["onnxruntime", "jetson"]
 
 
 def run_qad_section(a, say) -> dict[str, Any]:
-    from benchmarks.quality import DATASETS, _mean_std, base_sets, losses_for
+    from benchmarks.quality_recipes import DATASETS, _mean_std, base_sets, losses_for
     from pipeline.orchestrate import run_target
     from pipeline.stages.calibration import run_calibration
     from pipeline.recipe import load_recipe

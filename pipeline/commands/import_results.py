@@ -33,6 +33,7 @@ import json
 from pathlib import Path
 
 from pipeline.errors import ConfigError, DataError
+from pipeline.run_json import read_run
 
 TARGET_ROLES = ("target",)
 ENGINE_SUFFIXES = (".plan", ".engine")
@@ -56,17 +57,6 @@ def add_parser(sub) -> None:
 # reading
 
 
-def read_run(run_dir: Path) -> dict:
-    path = run_dir / "run.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: no run.json here", hint="give the --out folder of `python -m pipeline run`")
-    try:
-        run = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DataError(f"{path}: unreadable ({type(e).__name__}: {e})", hint="run the pipeline again") from None
-    if not isinstance(run, dict) or not isinstance(run.get("artifacts"), list):
-        raise DataError(f"{path}: has no 'artifacts' list", hint="run the pipeline again")
-    return run
 
 
 def read_result(path: Path) -> dict:

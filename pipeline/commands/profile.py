@@ -61,8 +61,8 @@ def print_profile(doc: dict, console) -> None:
 
 
 def cmd_profile(args) -> int:
-    from pipeline.cli import _console
-    from pipeline.commands.import_results import read_run
+    from pipeline.console import console as _console
+    from pipeline.run_json import read_run
     from pipeline.profile.target import profile_target, store_profile
 
     run_dir = Path(args.run_dir)

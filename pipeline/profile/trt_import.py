@@ -110,7 +110,7 @@ def variant_from_sidecar(sidecar: Path, doc: dict) -> VariantProfile:
 
 def import_trt_profile(run_dir: Path, sidecar: Path, target: str | None = None) -> dict:
     """Store the device's layer profile in run.json; the ONNX it was built from must be one of the run's."""
-    from pipeline.commands.import_results import read_run
+    from pipeline.run_json import read_run
     from pipeline.profile.mapping import OnnxIndex
     from pipeline.profile.schema import profile_doc
     from pipeline.profile.target import _model_file, store_profile
