@@ -35,6 +35,7 @@ import pickle
 import sys
 import tarfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -101,7 +102,20 @@ def _describe_bad(f: Path, e: Exception) -> str:
     return text.replace(str(f), "").strip(" :'\"") or type(e).__name__
 
 
-def load_imagefolder(cfg) -> RawData:
+@dataclass
+class FolderIndex:
+    """An image folder's files in load order, their labels and (fixed layouts) their split; nothing decoded."""
+
+    root: Path
+    files: list[Path]
+    labels: np.ndarray
+    split_of: np.ndarray  # "all" for a folder split by ratio, else the split each file belongs to
+    class_names: list[str]
+    parts: dict[str, Path]
+
+
+def scan_imagefolder(cfg) -> FolderIndex:
+    """Check the layout and list the files; decoding is left to the caller (all at once or in chunks)."""
     root = Path(cfg.path).expanduser()
     layout_hint = "data.path must be a folder holding one sub-folder of images per class " \
                   "(path/<class>/*.png), or train/, val/, test/ folders each holding them"
@@ -154,32 +168,62 @@ def load_imagefolder(cfg) -> RawData:
                             hint="every split folder (train/, val/, test/) must hold the same class sub-folders; "
                                  "add the missing ones (an empty folder is fine) or rename the misspelled ones")
     class_names = classes_of[next(iter(parts))]
+    files: list[Path] = []
+    labels: list[int] = []
+    split_of: list[str] = []
+    for split, folder in parts.items():
+        for label, cls in enumerate(class_names):
+            for f in _image_files(folder / cls):
+                files.append(f)
+                labels.append(label)
+                split_of.append(split)
+    return FolderIndex(root, files, np.asarray(labels, dtype=np.int64), np.asarray(split_of), class_names, parts)
+
+
+def read_image_or_skip(f: Path, mode: str, size: int, cfg, bad: list[tuple[Path, str]]) -> np.ndarray | None:
+    """One decoded image, or None (recorded in `bad`) for an unreadable file under data.bad_images=skip."""
+    try:
+        return _read_image(f, mode, size)
+    except Exception as e:  # Pillow raises many kinds: UnidentifiedImageError, OSError, SyntaxError...
+        if cfg.bad_images == "error":
+            raise DataError(f"{f} is not a readable image ({_describe_bad(f, e)})",
+                            hint="remove or replace that file, or set data.bad_images=skip "
+                                 "to skip unreadable files with a warning") from None
+        bad.append((f, _describe_bad(f, e)))
+        return None
+
+
+def skipped_note(root: Path, bad: list[tuple[Path, str]]) -> str | None:
+    """The one warning line about skipped files (printed and kept in the stage notes)."""
+    if not bad:
+        return None
+    shown = ", ".join(f"{p.relative_to(root)} ({why})" for p, why in bad[:SHOW_BAD])
+    more = f" and {len(bad) - SHOW_BAD} more" if len(bad) > SHOW_BAD else ""
+    msg = f"skipped {len(bad)} unreadable file(s) in {root}: {shown}{more} (data.bad_images=skip)"
+    _warn(msg)
+    return msg
+
+
+def load_imagefolder(cfg) -> RawData:
+    """All images decoded in memory (small folders, tests); the data stage streams them instead
+    (pipeline/data/store.py reads `scan_imagefolder` in chunks)."""
+    index = scan_imagefolder(cfg)
+    root, parts, class_names = index.root, index.parts, index.class_names
     mode = "L" if cfg.channels == 1 else "RGB"
     images: list[np.ndarray] = []
     labels: list[int] = []
     split_of: list[str] = []
     bad: list[tuple[Path, str]] = []
-    for split, folder in parts.items():
-        for label, cls in enumerate(class_names):
-            for f in _image_files(folder / cls):
-                try:
-                    arr = _read_image(f, mode, cfg.input_size)
-                except Exception as e:  # Pillow raises many kinds: UnidentifiedImageError, OSError, SyntaxError...
-                    if cfg.bad_images == "error":
-                        raise DataError(f"{f} is not a readable image ({_describe_bad(f, e)})",
-                                        hint="remove or replace that file, or set data.bad_images=skip "
-                                             "to skip unreadable files with a warning") from None
-                    bad.append((f, _describe_bad(f, e)))
-                    continue
-                images.append(arr)
-                labels.append(label)
-                split_of.append(split)
+    for f, label, split in zip(index.files, index.labels, index.split_of):
+        arr = read_image_or_skip(f, mode, cfg.input_size, cfg, bad)
+        if arr is None:
+            continue
+        images.append(arr)
+        labels.append(int(label))
+        split_of.append(str(split))
     notes = []
-    if bad:
-        shown = ", ".join(f"{p.relative_to(root)} ({why})" for p, why in bad[:SHOW_BAD])
-        more = f" and {len(bad) - SHOW_BAD} more" if len(bad) > SHOW_BAD else ""
-        msg = f"skipped {len(bad)} unreadable file(s) in {root}: {shown}{more} (data.bad_images=skip)"
-        _warn(msg)
+    msg = skipped_note(root, bad)
+    if msg:
         notes.append(msg)
     if not images:
         raise DataError(f"image folder {root} holds no readable images"
