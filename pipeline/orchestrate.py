@@ -93,6 +93,9 @@ def run_calibration(runner: Runner, recipe, data: StageResult) -> StageResult:
 def run_pipeline(recipe, out: Path, profile_paths: list[str] = (), console=None) -> RunResult:
     out = Path(out)
     profiles, skipped = select_profiles(recipe.targets, profile_paths)
+    from pipeline.device import from_recipe
+
+    from_recipe(recipe)  # device=cuda without a GPU stops here (exit 3), before any stage runs
     t0 = time.perf_counter()
     with RunLock(out / ".lock"):
         runner = Runner(out, console=console)

@@ -277,7 +277,7 @@ def gather(images: np.ndarray, idx) -> np.ndarray:
     """Rows of a (memory-mapped) array; fancy indices are read in sorted order (sequential pages)."""
     idx = as_index(idx)
     if isinstance(idx, (int, np.integer, slice)):
-        return np.asarray(images[idx])
+        return np.array(images[idx])  # a copy: the map is read-only, torch wants writable memory
     order = np.argsort(idx, kind="stable")
     out = np.empty((len(idx), *images.shape[1:]), dtype=images.dtype)
     out[order] = images[idx[order]]
