@@ -4,9 +4,12 @@ auto picks CUDA when torch sees a GPU, else the CPU. On CUDA: autocast in bf16 w
 it, else fp16 with a GradScaler; pinned host memory and non-blocking copies. On the CPU: an explicit
 thread count (default: this host's cores), and bf16 autocast where the CPU has native bf16 (avx512_bf16
 or AMX in /proc/cpuinfo). Measured on a 2-core avx512_bf16 host (KD step, ResNet-56 -> ResNet-20, batch
-128, 32x32): fp32 NCHW 241 img/s, fp32 channels_last 321, bf16 channels_last 542 img/s; without the
-teacher's forward 386 / 570 / 919 img/s - hence channels_last always and bf16 by default where supported
-(benchmarks/train_throughput.py compares the student accuracy). Evaluation stays fp32.
+128, 32x32): fp32 NCHW 241 img/s, bf16 NCHW 467, fp32 channels_last 321, bf16 channels_last 542 img/s;
+without the teacher's forward 386 / 789 / 570 / 919 img/s - hence bf16 by default where supported
+(benchmarks/train_throughput.py compares the student accuracy). channels_last is the default on CUDA only:
+on the CPU, torch 2.13 corrupts the heap ("double free or corruption", then SIGSEGV) in the backward of a
+1x1 stride-2 convolution with few channels (3->8, 8->16: resnet8 width 8's shortcut) in channels_last,
+at 64 px and above; it is opt-in there (`channels_last: true`). Evaluation stays fp32.
 """
 from __future__ import annotations
 
@@ -70,7 +73,7 @@ class Compute:
 
 
 def resolve(device: str = "auto", precision: str = "auto", threads: int | None = None,
-            channels_last: bool = True) -> Compute:
+            channels_last: bool | None = None) -> Compute:
     """The recipe's choice -> a Compute; device=cuda without a GPU stops with exit 3."""
     has_cuda = torch.cuda.is_available()
     if device == "cuda" and not has_cuda:
@@ -88,6 +91,8 @@ def resolve(device: str = "auto", precision: str = "auto", threads: int | None =
         if amp is torch.float16 and dev.type == "cpu":
             amp = torch.bfloat16  # fp16 autocast on the CPU is slow and needs a scaler: bf16 is the CPU's half type
     n = threads if threads else (None if dev.type == "cuda" else (os.cpu_count() or 1))
+    if channels_last is None:
+        channels_last = dev.type == "cuda"  # see the module docstring for the CPU crash
     return Compute(dev, amp, channels_last, n)
 
 

@@ -181,7 +181,7 @@ def test_device_selection_without_cuda():
     from pipeline.errors import MissingDependency
 
     c = resolve("auto")
-    assert c.device.type == "cpu" and c.channels_last and c.threads >= 1
+    assert c.device.type == "cpu" and not c.channels_last and c.threads >= 1
     assert resolve("cpu", "fp32").amp is None and resolve("cpu", "bf16").amp is torch.bfloat16
     with pytest.raises(MissingDependency, match="device=cuda") as e:
         resolve("cuda")
