@@ -1,7 +1,6 @@
 """The uint8 memory-mapped store, augmentation by resolution, device selection and the teacher-view cache."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
