@@ -63,7 +63,7 @@ class Compute:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def apply_threads(self) -> None:
-        if self.threads and not self.cuda:
+        if self.threads and not self.cuda and self.threads != torch.get_num_threads():
             torch.set_num_threads(self.threads)
 
     def describe(self) -> dict:
@@ -90,7 +90,12 @@ def resolve(device: str = "auto", precision: str = "auto", threads: int | None =
         amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         if amp is torch.float16 and dev.type == "cpu":
             amp = torch.bfloat16  # fp16 autocast on the CPU is slow and needs a scaler: bf16 is the CPU's half type
-    n = threads if threads else (None if dev.type == "cuda" else (os.cpu_count() or 1))
+    # Default: torch's own count (the cores, or OMP_NUM_THREADS when set). Never above OMP_NUM_THREADS:
+    # raising torch's thread count past it corrupts the heap in torch 2.13 ("free(): invalid next size").
+    n = threads if threads else (None if dev.type == "cuda" else torch.get_num_threads())
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if n and omp.isdigit() and int(omp) > 0:
+        n = min(n, int(omp))
     if channels_last is None:
         channels_last = dev.type == "cuda"  # see the module docstring for the CPU crash
     return Compute(dev, amp, channels_last, n)

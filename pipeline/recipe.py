@@ -148,7 +148,7 @@ class Recipe(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="training autocast (auto: bf16 on GPUs that have it else fp16, bf16 on CPUs with "
                             "native bf16, else fp32); evaluation is fp32")
-    threads: Optional[int] = Field(None, ge=1, le=1024, description="CPU threads for training (default: all cores)")
+    threads: Optional[int] = Field(None, ge=1, le=1024, description="CPU threads for training (default: all cores, or OMP_NUM_THREADS when set; never above it)")
     channels_last: Optional[bool] = Field(None, description="train in channels_last memory format (default: on CUDA "
                                           "only; on the CPU torch 2.13 crashes in some 1x1 stride-2 conv backward passes)")
     targets: list[str] = Field(default_factory=lambda: ["jetson"])
