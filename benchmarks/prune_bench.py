@@ -55,7 +55,7 @@ def run(ratio: float, out: Path, sets: list[str], threads: int, repeats: int, mi
         export_onnx(load_model(student.dir), example, paths["distilled"], recipe.export.opset)
         export_onnx(load_model(pruned.dir), example, paths["pruned"], recipe.export.opset)
         sizes = {k: p.stat().st_size for k, p in paths.items()}
-        lat = measure_ort_latency(paths, splits.x_test, (1, 32), threads=threads, repeats=repeats, warmup=50,
+        lat = measure_ort_latency(paths, splits.x_test[:32], (1, 32), threads=threads, repeats=repeats, warmup=50,
                                   min_iters=100, min_time_s=min_time_s, max_time_s=30.0)
     pm = pruned.metrics
     rows = {

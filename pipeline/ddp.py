@@ -96,8 +96,11 @@ def run_distill_ddp(runner, recipe, data, teacher):
             ctx.notes.append(f"warning: distill.nproc={nproc} exceeds this host's {os.cpu_count()} cores: "
                              "the processes share cores and run slower than fewer would")
 
+    from pipeline.device import recipe_key
+
     config = {"distill": cfg.model_dump(mode="json"), "student": scfg.model_dump(mode="json"),
-              "seed": recipe.seed, "augment": recipe.data.augment, "hflip": recipe.data.hflip}
+              "seed": recipe.seed, "augment": recipe.data.augment, "hflip": recipe.data.hflip,
+              "compute": recipe_key(recipe)}
     # The ranks run distill.py's loss closure, the loss terms and train.py's helpers: the import closure of
     # this module and of `single` (pipeline.code_closure) is in the key.
     from pipeline.models.spec import spec_fingerprint
@@ -203,33 +206,44 @@ def _broadcast_buffers(model, src: int = 0) -> None:
         dist.broadcast(b, src)
 
 
-def _val_correct(model, x, y, rank: int, world: int) -> tuple[int, int]:
+def _val_correct(model, x, y, rank: int, world: int, compute=None, batch: int = 256) -> tuple[int, int]:
+    import numpy as np
+
     from pipeline.train import predict
 
-    xs, ys = x[rank::world], y[rank::world]
-    if len(xs) == 0:
-        return 0, 0
-    return int((predict(model, xs).argmax(1) == ys).sum()), len(ys)
+    idx = np.arange(rank, len(y), world)  # this rank's shard, read a batch at a time
+    correct = 0
+    for i in range(0, len(idx), batch):
+        b = idx[i:i + batch]
+        correct += int((predict(model, x[b], compute=compute).argmax(1) == y[b]).sum())
+    return correct, len(idx)
 
 
 def ddp_fit(ddp_model, student, x_train, y_train, x_val, y_val, *, epochs: int, lr: float, batch_size: int,
             momentum: float, weight_decay: float, seed: int, loss_fn=None, extra_params=(), do_augment: bool = False,
-            hflip: bool = False, rank: int = 0, world: int = 1, report=None):
+            hflip: bool = False, rank: int = 0, world: int = 1, report=None, augmenter=None, compute=None):
     """`pipeline.train.fit` for DDP: same optimiser, schedule and best-validation selection.
 
     `batch_size` is the global batch. Returns (History, per-rank batch, steps per epoch).
     """
+    import numpy as np
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
     from torch.utils.data import DistributedSampler
 
-    from pipeline.train import History, augment, set_seed
+    from pipeline.data.augment import Augmenter
+    from pipeline.data.store import as_split
+    from pipeline.device import resolve
+    from pipeline.train import History, set_seed, train_batches
 
+    compute = compute or resolve("cpu", "fp32", channels_last=False)
+    if augmenter is None and do_augment:
+        augmenter = Augmenter("padcrop", int(x_train.shape[-1]), hflip)
     set_seed(seed)
     gen = torch.Generator().manual_seed(seed * 1000 + rank)  # augmentation differs per rank, reproducibly
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    sampler: DistributedSampler = DistributedSampler(range(len(xt)), num_replicas=world, rank=rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
+    split = as_split(x_train)
+    sampler: DistributedSampler = DistributedSampler(range(len(split)), num_replicas=world, rank=rank, shuffle=True, seed=seed)  # type: ignore[arg-type]  # a range is a valid sized sequence
     local = max(1, math.ceil(batch_size / world))
     per_epoch = max(1, math.ceil(sampler.num_samples / local))
     extra_params = list(extra_params)
@@ -241,7 +255,7 @@ def ddp_fit(ddp_model, student, x_train, y_train, x_val, y_val, *, epochs: int, 
 
     def val_accuracy() -> float:
         _broadcast_buffers(student)  # BatchNorm statistics of rank 0 on every rank
-        c, n = _val_correct(student, x_val, y_val, rank, world)
+        c, n = _val_correct(student, x_val, y_val, rank, world, compute)
         t = torch.tensor([c, n], dtype=torch.float64)
         dist.all_reduce(t)
         return float(t[0]) / max(float(t[1]), 1.0)
@@ -253,19 +267,19 @@ def ddp_fit(ddp_model, student, x_train, y_train, x_val, y_val, *, epochs: int, 
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         ddp_model.train()
-        order = torch.tensor(list(iter(sampler)), dtype=torch.long)
+        order = np.asarray(list(iter(sampler)), dtype=np.int64)
         total, count = 0.0, 0
-        for i in range(0, len(order), local):
-            if len(order) - i == 1 and len(order) > 1:
-                break  # a 1-sample batch breaks BatchNorm (same rule as pipeline/train.py batches)
-            idx = order[i:i + local]
-            xb, yb = xt[idx], yt[idx]
-            if do_augment:
-                xb = augment(xb, gen, hflip=hflip)
-            if loss_fn is None:
-                loss = F.cross_entropy(ddp_model(xb), yb)
-            else:
-                loss, _ = loss_fn(ddp_model, xb, yb, idx, epoch)
+        for rows, yb, idx in train_batches(split, y_train, [order[i:i + local] for i in range(0, len(order), local)]):
+            xb = split.to_model(rows.to(compute.device))
+            yb = yb.to(compute.device)
+            if augmenter is not None:
+                xb = augmenter.apply(xb, augmenter.draw(len(idx), gen))
+            xb = compute.input(xb)
+            with compute.autocast():
+                if loss_fn is None:
+                    loss = F.cross_entropy(ddp_model(xb).float(), yb)
+                else:
+                    loss, _ = loss_fn(ddp_model, xb, yb, idx, epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # DDP averages the student's gradients across ranks here
             for p in extra_params:  # trainable loss parts are outside DDP: average them by hand
@@ -303,11 +317,20 @@ def worker(job: dict) -> None:
     from pipeline.stages.distill import make_kd_loss, needs_features
     from pipeline.stages.models import load_model, save_model
 
+    from pipeline.data.augment import augmenter_for
+    from pipeline.device import from_recipe
+
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     torch.set_num_threads(int(job["threads"]))
     recipe = Recipe.model_validate(job["recipe"])
     cfg, scfg = recipe.distill, recipe.student
-    dist.init_process_group("gloo", timeout=timedelta(seconds=int(job["timeout_s"])))
+    compute = from_recipe(recipe).__class__(**{**vars(from_recipe(recipe)), "threads": int(job["threads"])})
+    if compute.cuda:  # one GPU per rank
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        compute = compute.__class__(**{**vars(compute), "device": torch.device("cuda", torch.cuda.current_device())})
+    # nccl between GPUs, gloo between CPU processes
+    dist.init_process_group("nccl" if compute.cuda else "gloo", timeout=timedelta(seconds=int(job["timeout_s"])))
     try:
         splits = read_splits(_Dir(job["data_dir"]))  # type: ignore[arg-type]  # duck-typed: only .path() is used
         c, n = splits.input_shape[0], splits.num_classes
@@ -320,15 +343,18 @@ def worker(job: dict) -> None:
         t_model.eval()
         for p in t_model.parameters():
             p.requires_grad_(False)
+        compute.prepare(t_model)
+        compute.prepare(student)
         cache = cfg.cache_teacher_outputs and not recipe.data.augment and not needs_features(cfg.losses)
-        loss_fn, criterion = make_kd_loss(student, t_model, cfg.losses, splits.x_train, cache)
+        loss_fn, criterion = make_kd_loss(student, t_model, cfg.losses, splits.x_train, cache, compute)
         for p in criterion.parameters():  # trainable loss parts (FitNet connectors) start equal on every rank
             dist.broadcast(p.data, 0)
         from pipeline.models.outputs import logits_path
 
         # broadcasts rank 0's weights and buffers; outputs other than the selected logits (an aux head) get no
         # gradient, which DDP only tolerates when told to look for unused parameters
-        ddp_model = DistributedDataParallel(student, find_unused_parameters=bool(logits_path(student)))
+        ddp_model = DistributedDataParallel(student, device_ids=[compute.device.index] if compute.cuda else None,
+                                            find_unused_parameters=bool(logits_path(student)))
 
         def report(p: dict) -> None:
             print(PROGRESS + json.dumps(p), flush=True)
@@ -338,10 +364,11 @@ def worker(job: dict) -> None:
                 ddp_model, student, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=cfg.epochs,
                 lr=cfg.lr, batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                 seed=recipe.seed, loss_fn=loss_fn, extra_params=list(criterion.parameters()),
-                do_augment=recipe.data.augment, hflip=recipe.data.hflip, rank=rank, world=world,
-                report=report if rank == 0 else None)
+                rank=rank, world=world, report=report if rank == 0 else None,
+                augmenter=augmenter_for(recipe.data), compute=compute)
         finally:
             criterion.close()
+        student.to("cpu", memory_format=torch.contiguous_format)
         if rank == 0:
             student.eval()
             save_model(student, Path(job["out_dir"]), scfg.model, scfg.kwargs, c, n)

@@ -87,6 +87,9 @@ def select_profiles(requested: list[str], profile_paths: Sequence[str] = ()) -> 
 def run_pipeline(recipe, out: Path, profile_paths: Sequence[str] = (), console=None) -> RunResult:
     out = Path(out)
     profiles, skipped = select_profiles(recipe.targets, profile_paths)
+    from pipeline.device import from_recipe
+
+    from_recipe(recipe)  # device=cuda without a GPU stops here (exit 3), before any stage runs
     t0 = time.perf_counter()
     with RunLock(out / ".lock"), capture_run_output(out):  # third-party output -> out/logs/run.log
         runner = Runner(out, console=console)

@@ -472,8 +472,13 @@ def _recover(model, teacher, splits, rcfg, epochs: int, recipe, round_i: int, ro
     from pipeline.stages.distill import distill_student
 
     cfg = rcfg.model_copy(update={"epochs": epochs})
+    from pipeline.data.augment import augmenter_for
+    from pipeline.device import from_recipe
+
     hist, _ = distill_student(model, teacher, splits, cfg, recipe.seed + round_i, recipe.data.augment,
-                              recipe.data.hflip, desc=f"prune-recovery {round_i}/{rounds}")
+                              recipe.data.hflip, desc=f"prune-recovery {round_i}/{rounds}",
+                              augmenter=augmenter_for(recipe.data), compute=from_recipe(recipe),
+                              workers=recipe.data.workers)
     model.eval()
     return {"round": round_i, "epochs": epochs, "best_epoch": hist.best_epoch,
             "best_val_accuracy": hist.best_val_accuracy, "history": hist.epochs}
@@ -649,7 +654,7 @@ def prune_student(ctx, recipe, data, teacher, student) -> None:
             threads = max(1, min(b.threads or 1, os.cpu_count() or 1))
             export_onnx(model, job.example, tmp / "before.onnx", exp.opset)
             export_onnx(pruned, job.example, tmp / "after.onnx", exp.opset)
-            lat = measure_ort_latency({"before": tmp / "before.onnx", "after": tmp / "after.onnx"}, splits.x_test,
+            lat = measure_ort_latency({"before": tmp / "before.onnx", "after": tmp / "after.onnx"}, splits.x_test[:32],
                                       (1, 32), threads, b.repeats, b.warmup, b.min_iters, b.min_time_s, b.max_time_s)
             m["latency_ms"] = lat
             m["latency_ratio"] = {k: lat["after"][k]["p50_ms"] / lat["before"][k]["p50_ms"] for k in lat["after"]}

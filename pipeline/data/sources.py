@@ -40,6 +40,7 @@ import pickle
 import re
 import sys
 import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -85,32 +86,22 @@ def _warn(text: str) -> None:
 # --------------------------------------------------------------------------- image folders
 
 
-def _read_all(files: list[Path], cfg, bad: list[tuple[Path, str]]) -> list[np.ndarray | None]:
-    """Decode each file (None where unreadable and skipped); high bit-depth images come back as float."""
-    out: list[np.ndarray | None] = []
-    for f in files:
-        try:
-            out.append(read_image(f, cfg.channels, cfg.input_size))
-        except UnreadableImage as e:
-            if cfg.bad_images == "error":
-                raise
-            bad.append((f, e.reason))
-            out.append(None)
-    return out
+@dataclass
+class FolderIndex:
+    """An image folder's files in load order, their labels and (fixed layouts) their split; nothing decoded."""
+
+    root: Path
+    files: list[Path]
+    labels: np.ndarray
+    split_of: np.ndarray  # "all" for a folder split by ratio, else the split each file belongs to
+    class_names: list[str]
+    parts: dict[str, Path]
+    notes: list[str] = field(default_factory=list)  # what the layout detection said
 
 
-def _to_8bit(arrays: list[np.ndarray | None], channels: int, root: Path) -> tuple[list[np.ndarray | None], str | None]:
-    """Scale the high bit-depth images of the dataset with one map (images.to_uint8) and stack-ready."""
-    high = [(i, a) for i, a in enumerate(arrays) if a is not None and a.dtype != np.uint8]
-    if not high:
-        return arrays, None
-    scaled, note = to_uint8(np.stack([a for _, a in high]), f"{len(high)} images in {root}")
-    for (i, _), a in zip(high, scaled):
-        arrays[i] = np.repeat(a, 3, axis=-1) if channels == 3 else a
-    return arrays, note
-
-
-def load_imagefolder(cfg) -> RawData:
+def scan_imagefolder(cfg) -> FolderIndex:
+    """Find the layout (pipeline/data/layout.py) and list the files; decoding is left to the caller (all at
+    once in `load_imagefolder`, or in chunks by the data store, pipeline/data/store.py)."""
     root = Path(cfg.path).expanduser()
     layout_hint = "data.path must be a folder holding one sub-folder of images per class " \
                   "(path/<class>/*.png), or train/, val/, test/ folders each holding them"
@@ -140,10 +131,9 @@ def load_imagefolder(cfg) -> RawData:
                             hint="every split folder (train/, val/, test/) must hold the same class sub-folders; "
                                  "add the missing ones (an empty folder is fine) or rename the misspelled ones")
     class_names = classes_of[next(iter(parts))]
-    mode = "L" if cfg.channels == 1 else "RGB"
     files: list[Path] = []
     labels: list[int] = []
-    split_of: list[str] = []
+    split_names: list[str] = []
     for split, folder in parts.items():
         stray = loose_images(folder)
         if stray:
@@ -153,31 +143,87 @@ def load_imagefolder(cfg) -> RawData:
             for f in walk_files(folder / cls):
                 files.append(f)
                 labels.append(label)
-                split_of.append(split)
-    bad: list[tuple[Path, str]] = []
-    arrays, scaled_note = _to_8bit(_read_all(files, cfg, bad), cfg.channels, layout.root)
-    keep = [i for i, a in enumerate(arrays) if a is not None]
+                split_names.append(split)
     notes = list(layout.notes) + [f"warning: {w}" for w in layout.warnings]
+    return FolderIndex(layout.root, files, np.asarray(labels, dtype=np.int64), np.asarray(split_names),
+                       class_names, parts, notes)
+
+
+def read_image_or_skip(f: Path, channels: int, size: int | None, cfg,
+                       bad: list[tuple[Path, str]]) -> np.ndarray | None:
+    """One decoded image (uint8, or float32 for high bit depth: see images.py), or None (recorded in `bad`)
+    for an unreadable file under data.bad_images=skip."""
+    try:
+        return read_image(f, channels, size)
+    except UnreadableImage as e:
+        if cfg.bad_images == "error":
+            raise
+        bad.append((f, e.reason))
+        return None
+
+
+def skipped_note(root: Path, bad: list[tuple[Path, str]]) -> str | None:
+    """The one warning line about skipped files (printed and kept in the stage notes)."""
+    if not bad:
+        return None
+
+    def rel(p: Path) -> str:
+        try:
+            return str(p.relative_to(root))
+        except ValueError:
+            return str(p)
+
+    shown = ", ".join(f"{rel(p)} ({why})" for p, why in bad[:SHOW_BAD])
+    more = f" and {len(bad) - SHOW_BAD} more" if len(bad) > SHOW_BAD else ""
+    msg = f"skipped {len(bad)} unreadable file(s) in {root}: {shown}{more} (data.bad_images=skip)"
+    _warn(msg)
+    return msg
+
+
+def high_bit_peak(index: FolderIndex, cfg) -> float | None:
+    """The brightest pixel of the folder's high bit-depth images (None when it has none): the data store
+    decodes in chunks, so the one linear map of images.to_uint8 needs this first, cheap pass. Only files whose
+    header says a high bit-depth mode are decoded (at their own size, so no resize lowers the peak)."""
+    from PIL import Image
+
+    from pipeline.data.images import HIGH_BIT_MODES
+
+    peak = None
+    for f in index.files:
+        try:
+            with Image.open(f) as img:
+                high = img.mode in HIGH_BIT_MODES
+        except Exception:  # unreadable: the decoding pass applies data.bad_images to it
+            continue
+        if high:
+            a = read_image_or_skip(f, cfg.channels, None, cfg, [])
+            if a is not None and a.size:
+                peak = max(peak or 0.0, float(a.max()))
+    return peak
+
+
+def load_imagefolder(cfg) -> RawData:
+    """All images decoded in memory (small folders, tests, tools); the data stage streams them instead
+    (pipeline/data/store.py reads `scan_imagefolder` in chunks)."""
+    index = scan_imagefolder(cfg)
+    root, parts, class_names = index.root, index.parts, index.class_names
+    mode = "L" if cfg.channels == 1 else "RGB"
+    bad: list[tuple[Path, str]] = []
+    read = [read_image_or_skip(f, cfg.channels, cfg.input_size, cfg, bad) for f in index.files]
+    arrays, scaled_note = _to_8bit(read, cfg.channels, root)
+    keep = [i for i, a in enumerate(arrays) if a is not None]
+    notes = list(index.notes)
     if scaled_note:
         notes.append(f"data: {scaled_note}")
-    if bad:
-        def rel(p: Path) -> str:
-            try:
-                return str(p.relative_to(root))
-            except ValueError:
-                return str(p)
-
-        shown = ", ".join(f"{rel(p)} ({why})" for p, why in bad[:SHOW_BAD])
-        more = f" and {len(bad) - SHOW_BAD} more" if len(bad) > SHOW_BAD else ""
-        msg = f"skipped {len(bad)} unreadable file(s) in {root}: {shown}{more} (data.bad_images=skip)"
-        _warn(msg)
+    msg = skipped_note(root, bad)
+    if msg:
         notes.append(msg)
     if not keep:
-        raise DataError(f"image folder {layout.root} holds no readable images"
+        raise DataError(f"image folder {root} holds no readable images"
                         + (f" ({len(bad)} unreadable files skipped)" if bad else ""),
                         hint="add images (png, jpg, ...) in the class sub-folders")
-    y = np.asarray([labels[i] for i in keep], dtype=np.int64)
-    where = np.asarray([split_of[i] for i in keep])
+    y = index.labels[keep]
+    where = index.split_of[keep]
     splits: dict[str, np.ndarray] | None = None
     if "all" not in parts:
         splits = {s: np.flatnonzero(where == s) for s in parts}
@@ -187,10 +233,21 @@ def load_imagefolder(cfg) -> RawData:
                                 hint=f"add images to {parts[s]}/<class>/, or remove that folder to carve {s} "
                                      "from train")
     counts = ", ".join(f"{s} {int((where == s).sum())}" for s in parts) if splits else f"{len(y)} images"
-    notes.insert(0, f"data: imagefolder {layout.root} ({len(class_names)} classes, {counts}"
+    notes.insert(0, f"data: imagefolder {root} ({len(class_names)} classes, {counts}"
                     f"{', fixed splits' if splits else ', split by ratio'}; resized to "
                     f"{cfg.input_size}x{cfg.input_size} {mode} at load time)")
     return RawData(np.stack([a for a in arrays if a is not None]), y, class_names, splits, notes)
+
+
+def _to_8bit(arrays: list[np.ndarray | None], channels: int, root: Path) -> tuple[list[np.ndarray | None], str | None]:
+    """Scale the high bit-depth images of the dataset with one map (images.to_uint8) and stack-ready."""
+    high = [(i, a) for i, a in enumerate(arrays) if a is not None and a.dtype != np.uint8]
+    if not high:
+        return arrays, None
+    scaled, note = to_uint8(np.stack([a for _, a in high]), f"{len(high)} images in {root}")
+    for (i, _), a in zip(high, scaled):
+        arrays[i] = np.repeat(a, 3, axis=-1) if channels == 3 else a
+    return arrays, note
 
 
 # --------------------------------------------------------------------------- CIFAR pickles

@@ -20,11 +20,11 @@ class RawData:
 
 @dataclass
 class Splits:
-    x_train: np.ndarray
+    x_train: Any  # np.ndarray in memory, or pipeline.data.store.ImageSplit (memory-mapped, float per batch)
     y_train: np.ndarray
-    x_val: np.ndarray
+    x_val: Any
     y_val: np.ndarray
-    x_test: np.ndarray
+    x_test: Any
     y_test: np.ndarray
     class_names: list[str]
     preprocessing: dict[str, Any]

@@ -1,12 +1,10 @@
-"""data: load, preprocess and split the dataset once; later stages key on its hash."""
+"""data: decode, resize and split the dataset once into the uint8 store; later stages key on its hash."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.data.datasets import Splits, check_finite, load_splits
+from pipeline.data.datasets import Splits
 from pipeline.runner import Runner, StageContext, StageResult
 
 
@@ -21,28 +19,34 @@ def source_fingerprint(cfg) -> str | None:
 
 
 def run_data(runner: Runner, recipe) -> StageResult:
+    from pipeline.data import datasets, sources, store
+
     cfg = recipe.data
 
     def fn(ctx: StageContext) -> None:
-        s = load_splits(cfg, recipe.seed)
-        for name in ("x_train", "x_val", "x_test"):
-            check_finite(getattr(s, name), f"the {name[2:]} split of {cfg.source}")
-        np.savez(ctx.dir / "data.npz", x_train=s.x_train, y_train=s.y_train, x_val=s.x_val, y_val=s.y_val,
-                 x_test=s.x_test, y_test=s.y_test)
-        (ctx.dir / "data.json").write_text(json.dumps(
-            {"class_names": s.class_names, "preprocessing": s.preprocessing, "source": cfg.source,
-             "fixed_splits": s.fixed_splits}, indent=2))
-        ctx.notes.extend(s.notes)
-        ctx.metrics.update(train=len(s.y_train), val=len(s.y_val), test=len(s.y_test),
-                           classes=s.num_classes, input_shape=list(s.input_shape))
+        from pipeline.data.store import build_store
+        from pipeline.train import progress_line
 
-    return runner.stage("data", fn, config={"data": cfg.model_dump(mode="json"), "seed": recipe.seed},
-                        tools=["scikit-learn", "mlxtend", "numpy", "torch"], extra_key=source_fingerprint(cfg))
+        info = build_store(cfg, recipe.seed, ctx.dir, progress=progress_line("data"))
+        (ctx.dir / "data.json").write_text(json.dumps(
+            {"class_names": info["class_names"], "preprocessing": info["preprocessing"], "source": cfg.source},
+            indent=2))
+        ctx.notes.extend(info["notes"])
+        n = {k: v["images"] for k, v in info["splits"].items()}
+        ctx.metrics.update(train=n["train"], val=n["val"], test=n["test"], classes=len(info["class_names"]),
+                           input_shape=[cfg.channels, cfg.input_size, cfg.input_size],
+                           split_sha256={k: v["sha256"] for k, v in info["splits"].items()})
+
+    return runner.stage("data", fn, config={"data": cfg.model_dump(mode="json", exclude={"workers"}), "seed": recipe.seed},
+                        tools=["scikit-learn", "mlxtend", "numpy", "torch", "pillow"], extra_key=source_fingerprint(cfg),
+                        code=(store, sources, datasets))
 
 
 def read_splits(res: StageResult) -> Splits:
-    info = json.loads(res.path("data.json").read_text())
-    with np.load(res.path("data.npz")) as f:
-        arrays = {k: f[k] for k in f.files}
-    return Splits(class_names=info["class_names"], preprocessing=info["preprocessing"],
-                  fixed_splits=info.get("fixed_splits", []), **arrays)
+    """The splits memory-mapped: x_* are ImageSplits (float32 NCHW per batch), y_* int64 labels."""
+    from pipeline.data.store import open_store
+
+    st = open_store(res.dir)
+    info = st.pop("info")
+    return Splits(class_names=info["class_names"], preprocessing=info["preprocessing"], notes=info["notes"],
+                  fixed_splits=info.get("fixed_splits", []), **st)

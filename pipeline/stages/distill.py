@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline.data.augment import augmenter_for
+from pipeline.device import from_recipe, recipe_key
 from pipeline.distill.losses import build_criterion, check_finite
 from pipeline.models.measure import count_macs, count_params, macs_ratio
 from pipeline.models.spec import build_model
@@ -20,23 +22,37 @@ def needs_features(terms) -> bool:
     return any(t.name in ("fitnet", "at") for t in terms)
 
 
-def make_kd_loss(student, teacher, terms, x_train: np.ndarray, cache_outputs: bool):
-    """The loss closure for `fit`: student forward, teacher forward (or its cached logits), terms."""
+def make_kd_loss(student, teacher, terms, x_train, cache_outputs: bool, compute=None, views=None):
+    """The loss closure for `fit`: student forward, teacher forward (or its cached logits), terms.
+
+    The teacher runs under inference_mode (no_grad when a term reads its features: those enter the
+    loss's graph). `views`: TeacherViews whose logits for the batch's chosen views replace the forward."""
     example = torch.from_numpy(x_train[:2])
+    if compute is not None:
+        example = compute.input(example)
     criterion = build_criterion(terms, student, teacher, example)
+    if compute is not None:
+        criterion.to(compute.device)
     cached = None
     if cache_outputs:
         # Only valid when the teacher sees exactly the stored images (no random augmentation).
-        cached = torch.from_numpy(predict(teacher, x_train))
+        cached = torch.from_numpy(predict(teacher, x_train, compute=compute))
         check_finite(cached, "the teacher's outputs", 0)
+    no_grad = torch.no_grad if needs_features(terms) else torch.inference_mode
     state = {"step": 0}
 
     def loss_fn(model, xb, yb, idx, epoch):
         check_finite(xb, "the input batch", state["step"])
-        with torch.no_grad():
-            t_out = cached[idx] if cached is not None else teacher(xb)
+        if cached is not None:
+            t_out = cached[idx].to(xb.device)
+        elif views is not None:
+            t_out = views.current.to(xb.device)
+        else:
+            with no_grad():
+                t_out = teacher(xb).float()
+            t_out = t_out.clone()  # an inference-mode tensor cannot enter the student's graph
         check_finite(t_out, "the teacher's outputs", state["step"])
-        s_out = model(xb)
+        s_out = model(xb).float()
         # mdistiller counts epochs from 1 (DKD warm-up); fit's loop counts from 0.
         criterion.train(model.training)
         total, parts = criterion(s_out, t_out, yb, epoch + 1)
@@ -46,20 +62,46 @@ def make_kd_loss(student, teacher, terms, x_train: np.ndarray, cache_outputs: bo
     return loss_fn, criterion
 
 
-def distill_student(student, teacher, splits, cfg, seed: int, augment: bool, hflip: bool, desc: str = "distill"):
+def distill_student(student, teacher, splits, cfg, seed: int, augment: bool, hflip: bool, desc: str = "distill",
+                    augmenter=None, compute=None, workers: int = 0, notes: list | None = None):
+    """KD of `student` from `teacher` on the splits; returns (History, how the teacher's outputs were got:
+    False (online), True (cached, no augmentation) or the number of cached augmented views)."""
+    from pipeline.data.augment import Augmenter
+    from pipeline.device import resolve
+    from pipeline.distill.views import TeacherViews, default_views
+
+    compute = compute or resolve("cpu", "fp32", channels_last=False)
+    compute.apply_threads()
+    if augmenter is None and augment:
+        augmenter = Augmenter("padcrop", int(splits.x_train.shape[-1]), hflip)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    cache = cfg.cache_teacher_outputs and not augment and not needs_features(cfg.losses)
-    loss_fn, criterion = make_kd_loss(student, teacher, cfg.losses, splits.x_train, cache)
+    compute.prepare(teacher)
+    compute.prepare(student)
+    feats = needs_features(cfg.losses)
+    cache = cfg.cache_teacher_outputs and augmenter is None and not feats
+    k = cfg.teacher_views if cfg.teacher_views is not None else default_views(cfg.epochs)
+    views = None
+    if augmenter is not None and k > 0 and not feats:
+        from pipeline.train import progress_line
+
+        views = TeacherViews(teacher, splits.x_train, augmenter, k, seed, compute, progress=progress_line(desc))
+    elif augmenter is not None and k > 0 and notes is not None:
+        notes.append("distill.teacher_views ignored: a feature loss term (fitnet/at) needs the teacher online")
+    loss_fn, criterion = make_kd_loss(student, teacher, cfg.losses, splits.x_train, cache, compute, views)
     try:
         hist = fit(student, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=cfg.epochs, lr=cfg.lr,
                    batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay, seed=seed,
-                   loss_fn=loss_fn, extra_params=list(criterion.parameters()), do_augment=augment, hflip=hflip,
-                   desc=desc)
+                   loss_fn=loss_fn, extra_params=list(criterion.parameters()), augmenter=augmenter, desc=desc,
+                   compute=compute, views=views, workers=workers)
     finally:
         criterion.close()
-    return hist, cache
+        criterion.to("cpu")
+        teacher.to("cpu", memory_format=torch.contiguous_format)
+        if views is not None:
+            views.close()
+    return hist, (views.k if views is not None else cache)
 
 
 def describe_student(ctx: StageContext, student, splits, hist, cached: bool, cfg, scfg, teacher: StageResult) -> None:
@@ -71,7 +113,8 @@ def describe_student(ctx: StageContext, student, splits, hist, cached: bool, cfg
     ctx.metrics.update(val_accuracy=hist.best_val_accuracy, best_epoch=hist.best_epoch,
                        test_accuracy=accuracy(predict(student, splits.x_test), splits.y_test),
                        params=count_params(student), macs=count_macs(student, shape),
-                       history=hist.epochs, teacher_outputs_cached=cached,
+                       history=hist.epochs, teacher_outputs_cached=cached is True,
+                       teacher_views=0 if isinstance(cached, bool) else int(cached),
                        losses=[t.model_dump(mode="json", exclude_none=True) for t in cfg.losses])
     ratio = macs_ratio(ctx.metrics["macs"], teacher.metrics.get("macs"))
     ctx.metrics["macs_ratio_vs_teacher"] = ratio
@@ -101,14 +144,18 @@ def run_distill(runner: Runner, recipe, data: StageResult, teacher: StageResult)
         # Before any training: a student ONNX cannot export would only fail at the export stage.
         check_exportable(student, torch.from_numpy(splits.x_train[:1]), recipe.export.opset, "student", scfg.model)
         t_model = load_model(teacher.dir)
+        compute = from_recipe(recipe)
         hist, cached = distill_student(student, t_model, splits, cfg, recipe.seed, recipe.data.augment,
-                                       recipe.data.hflip)
+                                       recipe.data.hflip, augmenter=augmenter_for(recipe.data), compute=compute,
+                                       workers=recipe.data.workers, notes=ctx.notes)
+        ctx.metrics["compute"] = compute.describe()
         student.eval()
         save_model(student, ctx.dir, scfg.model, scfg.kwargs, c, n)
         describe_student(ctx, student, splits, hist, cached, cfg, scfg, teacher)
 
     config = {"distill": cfg.model_dump(mode="json", exclude={"nproc"}), "student": scfg.model_dump(mode="json"),
-              "seed": recipe.seed, "augment": recipe.data.augment, "hflip": recipe.data.hflip}
+              "seed": recipe.seed, "augment": recipe.data.augment, "hflip": recipe.data.hflip,
+              "compute": recipe_key(recipe)}
     from pipeline.models.spec import spec_fingerprint
 
     # The student's own code (a user file and what it imports) is part of the key; the training code is in

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.artifacts import sha256_file
+from pipeline.device import recipe_key
 from pipeline.runner import Runner, StageContext, StageResult
 
 TOOLS = ["torch", "torch-pruning", "onnx", "onnxruntime"]
@@ -39,6 +40,8 @@ def run_prune(runner: Runner, recipe, data: StageResult, teacher: StageResult, s
         # the ONNX check uses the export settings
         "losses": [t.model_dump(mode="json") for t in d.losses],
         "cache_teacher_outputs": d.cache_teacher_outputs,
+        "teacher_views": d.teacher_views,
+        "compute": recipe_key(recipe),
         "augment": recipe.data.augment,
         "hflip": recipe.data.hflip,
         "benchmark": recipe.benchmark.model_dump(mode="json"),

@@ -61,11 +61,15 @@ def logits_of(model_file: Path, x: np.ndarray, threads: int | None = None, batch
     from targets.standalone.runtime import load_model as load_runtime
 
     m = load_runtime(model_file, threads=threads)
-    if m.layout == "nhwc" and x.ndim == 4:  # the splits are NCHW; a LiteRT NHWC-input model wants them transposed
-        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    if m.dynamic_batch:
-        return np.concatenate([m.run(x[i:i + batch]) for i in range(0, len(x), batch)])
-    return np.concatenate([m.run(x[i:i + 1]) for i in range(len(x))])
+    nhwc = m.layout == "nhwc" and x.ndim == 4  # the splits are NCHW; a LiteRT NHWC-input model wants them transposed
+    step = batch if m.dynamic_batch else 1
+    outs: list[np.ndarray] = []
+    for i in range(0, len(x), batch):  # the split (memory-mapped) is read one batch at a time
+        xb = np.asarray(x[i:i + batch])
+        if nhwc:
+            xb = np.ascontiguousarray(xb.transpose(0, 2, 3, 1))
+        outs.extend(m.run(xb[j:j + step]) for j in range(0, len(xb), step))
+    return np.concatenate(outs)
 
 
 def _request(recipe, profile, export: StageResult, calib: StageResult, model_stage: StageResult, out: Path,

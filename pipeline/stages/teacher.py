@@ -11,6 +11,8 @@ import copy
 from pathlib import Path
 
 from pipeline.artifacts import sha256_file
+from pipeline.data.augment import augmenter_for
+from pipeline.device import from_recipe, recipe_key
 from pipeline.errors import ConfigError, GateError
 from pipeline.models.checkpoints import load_into
 from pipeline.models.measure import count_macs, count_params
@@ -152,9 +154,13 @@ def run_teacher(runner: Runner, recipe, data: StageResult) -> StageResult:
         check_exportable(model, torch.from_numpy(splits.x_train[:1]), recipe.export.opset, "teacher", cfg.model)
         if not ckpt:
             t = cfg.train
+            compute = from_recipe(recipe)
+            compute.apply_threads()
             hist = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=t.epochs, lr=t.lr,
                        batch_size=t.batch_size, momentum=t.momentum, weight_decay=t.weight_decay,
-                       seed=recipe.seed, do_augment=recipe.data.augment, hflip=recipe.data.hflip, desc="teacher")
+                       seed=recipe.seed, augmenter=augmenter_for(recipe.data), desc="teacher", compute=compute,
+                       workers=recipe.data.workers)
+            ctx.metrics["compute"] = compute.describe()
             ctx.notes.append(f"teacher trained here for {t.epochs} epochs (best val epoch {hist.best_epoch})")
         model.eval()
         save_model(model, ctx.dir, cfg.model, cfg.kwargs, c, n)
@@ -162,6 +168,8 @@ def run_teacher(runner: Runner, recipe, data: StageResult) -> StageResult:
 
     config = {"teacher": cfg.model_dump(mode="json", exclude={"finetune", "min_accuracy"}), "seed": recipe.seed,
               "augment": recipe.data.augment, "hflip": recipe.data.augment and recipe.data.hflip}
+    if not ckpt:
+        config["compute"] = recipe_key(recipe)
     if ckpt:
         config["teacher"].pop("train")
     extra = sha256_file(ckpt) if ckpt and Path(ckpt).is_file() else None
@@ -184,9 +192,12 @@ def run_finetune(runner: Runner, recipe, data: StageResult, teacher: StageResult
         before = accuracy(predict(model, splits.x_val), splits.y_val)
         original = copy.deepcopy(model.state_dict())
         t = recipe.teacher.train
+        compute = from_recipe(recipe)
+        compute.apply_threads()
         hist = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=ft.epochs, lr=ft.lr,
                    batch_size=t.batch_size, momentum=t.momentum, weight_decay=t.weight_decay, seed=recipe.seed,
-                   do_augment=recipe.data.augment, hflip=recipe.data.hflip, desc="teacher finetune")
+                   augmenter=augmenter_for(recipe.data), desc="teacher finetune", compute=compute,
+                   workers=recipe.data.workers)
         if hist.best_val_accuracy < before:  # adapting made it worse: hand on the teacher as given
             model.load_state_dict(original)
             ctx.notes.append(f"teacher finetune lowered the validation accuracy ({before:.3f} -> "
@@ -204,7 +215,8 @@ def run_finetune(runner: Runner, recipe, data: StageResult, teacher: StageResult
     config = ft.model_dump(mode="json") | {
         "seed": recipe.seed, "augment": recipe.data.augment, "hflip": recipe.data.augment and recipe.data.hflip,
         # fit() also uses these from teacher.train: they belong in the key
-        "batch_size": t.batch_size, "momentum": t.momentum, "weight_decay": t.weight_decay}
+        "batch_size": t.batch_size, "momentum": t.momentum, "weight_decay": t.weight_decay,
+        "compute": recipe_key(recipe)}
     return runner.stage("teacher_finetune", fn, config=config, inputs={"data": data, "teacher": teacher},
                         tools=TOOLS, label=f"teacher finetune [{ft.epochs} epochs]")
 

@@ -717,7 +717,8 @@ def preprocess_image(path: str | os.PathLike, spec: dict) -> np.ndarray:
     """Load an image (or a .npy array) into a float32 batch of one, as the model wants it.
 
     spec: {"size": [H, W], "channels": 1|3, "mean": [...], "std": [...], "channel_order": "rgb"|"bgr",
-           "layout": "nchw"|"nhwc", "scale": 255, "resize": "bilinear"|"nearest"}
+           "layout": "nchw"|"nhwc", "scale": 255, "resize": "bilinear"|"nearest",
+           "resize_size": [H', W'] (optional: resize to it first, then centre-crop "size")}
     Pixel values become ((pixel / scale) - mean) / std, per channel. A ``.npy`` file is taken as already
     preprocessed: it is cast to float32 and given a batch dimension when it has none (rank 3).
     Image files need Pillow (pip install pillow); .npy files do not.
@@ -758,11 +759,17 @@ def preprocess_image(path: str | os.PathLike, spec: dict) -> np.ndarray:
             img = img.convert("RGB")
         img = img.convert("L" if channels == 1 else "RGB")
         size = spec.get("size")
-        if size:
-            h, w = int(size[0]), int(size[1])
+        # Large inputs: resize to resize_size, then centre-crop `size` (the training side's evaluation transform).
+        first = spec.get("resize_size") or size
+        if first:
+            h, w = int(first[0]), int(first[1])
             if img.size != (w, h):
                 img = img.resize((w, h), resample)
         arr = np.asarray(img, dtype=np.float32)
+        if size and spec.get("resize_size"):
+            ch, cw = int(size[0]), int(size[1])
+            top, left = (arr.shape[0] - ch) // 2, (arr.shape[1] - cw) // 2
+            arr = arr[top:top + ch, left:left + cw]
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if channels == 3 and order == "bgr":
