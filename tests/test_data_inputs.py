@@ -20,7 +20,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.data.datasets import load_raw, load_splits  # noqa: E402
+from pipeline.data.datasets import load_raw  # noqa: E402
+
+from pipeline.data.store import load_splits  # noqa: E402
 from pipeline.data.images import read_image, to_uint8  # noqa: E402
 from pipeline.data.layout import fingerprint, split_of  # noqa: E402
 from pipeline.errors import ConfigError, DataError  # noqa: E402
@@ -377,7 +379,7 @@ def test_cli_infers_the_source_and_stops_on_a_single_class(tmp_path):
 
 def test_bundle_runtime_reads_exif_and_alpha_as_training_does(tmp_path):
     """The bundle's preprocessing (targets/standalone/runtime.py) must match training for these files."""
-    from pipeline.data.datasets import preprocess, preprocessing_spec
+    from pipeline.data.store import preprocess, preprocessing_spec
     from targets.standalone.runtime import preprocess_image
 
     img = Image.new("RGB", (8, 4), (0, 0, 0))

@@ -28,7 +28,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.data.datasets import load_raw, load_splits  # noqa: E402
+from pipeline.data.datasets import load_raw  # noqa: E402
+
+from pipeline.data.store import load_splits  # noqa: E402
 from pipeline.errors import DataError  # noqa: E402
 from pipeline.recipe import DataConfig  # noqa: E402
 

@@ -17,7 +17,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.data.datasets import load_splits, preprocessing_spec  # noqa: E402
+from pipeline.data.store import preprocessing_spec  # noqa: E402
+
+from pipeline.data.store import load_splits  # noqa: E402
 from pipeline.data.sources import load_user_source  # noqa: E402
 from pipeline.errors import ConfigError, DataError  # noqa: E402
 from pipeline.recipe import DataConfig  # noqa: E402
@@ -101,7 +103,7 @@ def test_imagefolder_preprocessing_matches_the_bundle_runtime(tmp_path):
     c = cfg("imagefolder", root, channels=3, channel_order="bgr", mean=[0.4, 0.5, 0.6], std=[0.2, 0.3, 0.4],
             input_size=14)
     raw = load_user_source(c)
-    from pipeline.data.datasets import preprocess
+    from pipeline.data.store import preprocess
 
     x = preprocess(raw.images, c)
     files = sorted((root / "1").glob("*.png"))

@@ -101,7 +101,8 @@ def test_store_pickles_by_file_name_for_loader_workers(tmp_path):
 @pytest.mark.parametrize("size", [16, 96])
 def test_host_eval_preprocessing_equals_the_bundle_runtime(tmp_path, size):
     """A test image as the model is evaluated on the host == run.py's preprocessing of the same file."""
-    from pipeline.data.datasets import load_splits, preprocessing_spec
+    from pipeline.data.store import preprocessing_spec
+    from pipeline.data.store import load_splits
     from targets.standalone.runtime import preprocess_image
 
     root = write_folder(tmp_path / "ds", n=30, size=120)

@@ -71,7 +71,7 @@ def train_and_save_teacher(model_file: Path, data_root: Path, ckpt: Path) -> flo
     import torch
     from torch import nn
 
-    from pipeline.data.datasets import load_splits
+    from pipeline.data.store import load_splits
     from pipeline.models.spec import build_model
     from pipeline.recipe import DataConfig
 
@@ -172,7 +172,7 @@ def test_bundle_preprocesses_a_user_png_like_training(user_project, user_run):
     """The device-side preprocessing of one of the user's PNGs gives the array the model was tested on."""
     from targets.standalone.runtime import preprocess_image
 
-    from pipeline.data.datasets import load_splits
+    from pipeline.data.store import load_splits
     from pipeline.recipe import DataConfig
 
     bundle = Path(artifact(user_run["summary"], "onnxruntime:int8")["bundle"])

@@ -46,40 +46,6 @@ def load_raw(cfg) -> RawData:
     return raw
 
 
-def preprocess(images: np.ndarray, cfg) -> np.ndarray:
-    """uint8 NHWC (any size, 1 or 3 channels) -> float32 NCHW as evaluated: the store's geometry
-    (pipeline/data/store.py: Pillow resize, centre crop above 64 px), channel order and mean/std."""
-    import torch
-
-    from pipeline.data.store import Normalizer, eval_geometry, to_stored
-
-    if images.shape[-1] not in (1, 3):
-        raise DataError(f"images have {images.shape[-1]} channels, the recipe asks for {cfg.channels}",
-                        hint="set data.channels to 1 or 3 to match the data")
-    g = eval_geometry(cfg)
-    mode = "L" if cfg.channels == 1 else "RGB"
-    x = np.stack([to_stored(a, mode, g) for a in images])
-    return Normalizer(preprocessing_spec(cfg))(torch.from_numpy(x).permute(0, 3, 1, 2)).contiguous().numpy()
-
-
-def preprocessing_spec(cfg) -> dict[str, Any]:
-    """What a device must do to an image before the model: recorded in every bundle."""
-    from pipeline.data.store import eval_geometry
-
-    return {
-        "size": [cfg.input_size, cfg.input_size],
-        "channels": cfg.channels,
-        "channel_order": cfg.channel_order,
-        "scale": 255.0,
-        "mean": list(cfg.mean) * (cfg.channels if len(cfg.mean) == 1 else 1),
-        "std": list(cfg.std) * (cfg.channels if len(cfg.std) == 1 else 1),
-        "layout": "nchw",
-        "resize": "bilinear",
-        # above 64 px: resize to resize_size, then centre-crop `size` (pipeline/data/store.py)
-        **eval_geometry(cfg).spec(),
-    }
-
-
 def split_indices(labels: np.ndarray, val: float, test: float, seed: int) -> dict[str, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
@@ -118,21 +84,6 @@ def complete_splits(fixed: dict[str, np.ndarray], labels: np.ndarray, cfg, seed:
     return out
 
 
-def load_splits(cfg, seed: int) -> Splits:
-    """The splits in memory as float32 NCHW (small data, tests, tools): built through the same store as the
-    data stage (pipeline/data/store.py), so both give the same arrays. Stages use the memory-mapped store."""
-    import tempfile
-    from pathlib import Path
-
-    from pipeline.data.store import build_store, open_store
-
-    with tempfile.TemporaryDirectory(prefix="pipeline-store-") as tmp:
-        info = build_store(cfg, seed, Path(tmp))
-        st = open_store(Path(tmp), mmap=False)
-        arrays = {k: (np.concatenate(list(v.batches())) if k.startswith("x_") else v)
-                  for k, v in st.items() if k != "info"}
-    return Splits(class_names=info["class_names"], preprocessing=info["preprocessing"], notes=info["notes"],
-                  fixed_splits=info.get("fixed_splits", []), **arrays)
 
 
 def check_finite(x: np.ndarray, what: str) -> None:

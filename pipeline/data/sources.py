@@ -1,7 +1,7 @@
 """Users' own datasets: image folders, CIFAR-style pickle batches and .npz arrays.
 
 Every loader returns `RawData`: uint8 images NHWC (C = 1 or 3, RGB order), int64 labels, class names,
-and - where the data fixes them - split indices. `datasets.load_splits` then normalizes (mean/std,
+and - where the data fixes them - split indices. `store.load_splits` (or the data stage) then normalizes (mean/std,
 channel order from the recipe) and carves any split the source does not fix from `train`.
 
 imagefolder (`data.path` is a folder; data.source=auto infers it, see layout.py)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from pipeline.data.types import Splits
 from pipeline.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -228,7 +229,6 @@ def build_store(cfg, seed: int, out: Path, chunk: int = CHUNK,
                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Decode, resize and write every split to out/x_<split>.npy (+ y_<split>.npy, store.json)."""
     from pipeline.artifacts import sha256_file
-    from pipeline.data.datasets import preprocessing_spec
 
     out = Path(out)
     plan = plan_source(cfg)
@@ -261,6 +261,7 @@ def build_store(cfg, seed: int, out: Path, chunk: int = CHUNK,
         info["splits"][name] = {"images": writer.count, "sha256": sha256_file(path),
                                 "labels_sha256": sha256_file(out / f"y_{name}.npy"), "geometry": vars(g)}
     info["notes"] = plan.notes + plan.finish(counts)
+    info["fixed_splits"] = sorted(plan.fixed or {})  # splits the source fixed (the teacher check reads it)
     info["preprocessing"] = preprocessing_spec(cfg)
     (out / "store.json").write_text(json.dumps(info, indent=2))
     return info
@@ -407,3 +408,48 @@ def open_store(folder: Path, mmap: bool = True) -> dict[str, Any]:
         out[f"x_{name}"] = ImageSplit(x, norm)
         out[f"y_{name}"] = np.load(folder / f"y_{name}.npy")
     return out
+
+
+def load_splits(cfg, seed: int) -> Splits:
+    """The splits in memory as float32 NCHW (small data, tests, tools): built through the same store as the
+    data stage (pipeline/data/store.py), so both give the same arrays. Stages use the memory-mapped store."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pipeline-store-") as tmp:
+        info = build_store(cfg, seed, Path(tmp))
+        st = open_store(Path(tmp), mmap=False)
+        arrays = {k: (np.concatenate(list(v.batches())) if k.startswith("x_") else v)
+                  for k, v in st.items() if k != "info"}
+    return Splits(class_names=info["class_names"], preprocessing=info["preprocessing"], notes=info["notes"],
+                  fixed_splits=info.get("fixed_splits", []), **arrays)
+
+
+def preprocess(images: np.ndarray, cfg) -> np.ndarray:
+    """uint8 NHWC (any size, 1 or 3 channels) -> float32 NCHW as evaluated: the store's geometry
+    (pipeline/data/store.py: Pillow resize, centre crop above 64 px), channel order and mean/std."""
+    import torch
+
+    if images.shape[-1] not in (1, 3):
+        raise DataError(f"images have {images.shape[-1]} channels, the recipe asks for {cfg.channels}",
+                        hint="set data.channels to 1 or 3 to match the data")
+    g = eval_geometry(cfg)
+    mode = "L" if cfg.channels == 1 else "RGB"
+    x = np.stack([to_stored(a, mode, g) for a in images])
+    return Normalizer(preprocessing_spec(cfg))(torch.from_numpy(x).permute(0, 3, 1, 2)).contiguous().numpy()
+
+
+def preprocessing_spec(cfg) -> dict[str, Any]:
+    """What a device must do to an image before the model: recorded in every bundle."""
+
+    return {
+        "size": [cfg.input_size, cfg.input_size],
+        "channels": cfg.channels,
+        "channel_order": cfg.channel_order,
+        "scale": 255.0,
+        "mean": list(cfg.mean) * (cfg.channels if len(cfg.mean) == 1 else 1),
+        "std": list(cfg.std) * (cfg.channels if len(cfg.std) == 1 else 1),
+        "layout": "nchw",
+        "resize": "bilinear",
+        # above 64 px: resize to resize_size, then centre-crop `size` (pipeline/data/store.py)
+        **eval_geometry(cfg).spec(),
+    }
