@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         for k in list(models):
             quantize_qdq(models[k], tmp / f"{k}_int8.onnx", calib)
             models[f"{k}_int8"] = tmp / f"{k}_int8.onnx"
-        lat = measure_ort_latency(models, splits.x_test, (1,), threads=a.threads, repeats=a.repeats, warmup=50,
+        lat = measure_ort_latency(models, splits.x_test[:32], (1,), threads=a.threads, repeats=a.repeats, warmup=50,
                                   min_iters=200, min_time_s=0.5)
         p50 = {k: v["batch1"]["p50_ms"] for k, v in lat.items()}
         profiles = {k: {"vp": ort_profile.profile(models[k], a.threads, iterations=300),
