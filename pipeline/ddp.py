@@ -275,13 +275,14 @@ def ddp_fit(ddp_model, student, x_train, y_train, x_val, y_val, *, epochs: int, 
             if augmenter is not None:
                 xb = augmenter.apply(xb, augmenter.draw(len(idx), gen))
             xb = compute.input(xb)
-            with compute.autocast():
-                if loss_fn is None:
-                    loss = F.cross_entropy(ddp_model(xb).float(), yb)
-                else:
-                    loss, _ = loss_fn(ddp_model, xb, yb, idx, epoch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # DDP averages the student's gradients across ranks here
+            with compute.odd_batch_guard(len(idx)):  # see pipeline/device.py
+                with compute.autocast():
+                    if loss_fn is None:
+                        loss = F.cross_entropy(ddp_model(xb).float(), yb)
+                    else:
+                        loss, _ = loss_fn(ddp_model, xb, yb, idx, epoch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # DDP averages the student's gradients across ranks here
             for p in extra_params:  # trainable loss parts are outside DDP: average them by hand
                 if p.grad is not None:
                     dist.all_reduce(p.grad)

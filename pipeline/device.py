@@ -17,6 +17,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Iterator
 
 import torch
 
@@ -56,7 +57,24 @@ class Compute:
 
     def input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=self.cuda)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+        if self.channels_last and x.ndim == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        # The store's NHWC rows arrive as an NCHW view with channels_last strides: make them contiguous NCHW, or
+        # the convolutions pick channels_last kernels anyway (torch 2.13 CPU corrupts the heap in the backward
+        # of some of them with 2 threads: measured with resnet8 width 8 in the teacher finetune).
+        return x.contiguous()
+
+    @contextlib.contextmanager
+    def odd_batch_guard(self, n: int) -> Iterator[None]:
+        """A training step on an odd-sized batch runs without oneDNN on a multi-threaded CPU: torch 2.13's
+        oneDNN conv path corrupts the heap there (measured: resnet8 width 8, 1x16x16 inputs, 2 threads,
+        batches of 33/37/127 abort with 'double free or corruption'; even sizes and 1 thread do not). Usually
+        only the last, partial batch of an epoch is odd, so the slower native kernels cost little."""
+        if self.device.type != "cpu" or n % 2 == 0 or torch.get_num_threads() < 2:
+            yield
+            return
+        with torch.backends.mkldnn.flags(enabled=False, deterministic=torch.backends.mkldnn.deterministic):
+            yield
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         model.to(self.device)

@@ -165,30 +165,31 @@ def fit(model: nn.Module, x_train, y_train: np.ndarray, x_val, y_val: np.ndarray
                 elif augmenter is not None:
                     xb = augmenter.apply(xb, augmenter.draw(len(idx), gen))
                 xb = compute.input(xb)
-                try:
-                    with compute.autocast():
-                        if loss_fn is None:
-                            loss, _ = F.cross_entropy(model(xb).float(), yb), {}
-                        else:
-                            loss, _ = loss_fn(model, xb, yb, idx, epoch)
-                except ValueError as e:
-                    if "Expected more than 1 value per channel" not in str(e):
-                        raise
-                    from pipeline.errors import ConfigError
+                with compute.odd_batch_guard(len(idx)):  # see pipeline/device.py
+                    try:
+                        with compute.autocast():
+                            if loss_fn is None:
+                                loss, _ = F.cross_entropy(model(xb).float(), yb), {}
+                            else:
+                                loss, _ = loss_fn(model, xb, yb, idx, epoch)
+                    except ValueError as e:
+                        if "Expected more than 1 value per channel" not in str(e):
+                            raise
+                        from pipeline.errors import ConfigError
 
-                    raise ConfigError(f"{desc}: a training batch of {len(idx)} sample(s) reaches a BatchNorm layer, "
-                                      "which needs at least 2 per batch",
-                                      hint="raise the batch size (batch_size >= 2)") from None
-                if on_step is not None:
-                    on_step(step, loss)
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
+                        raise ConfigError(f"{desc}: a training batch of {len(idx)} sample(s) reaches a BatchNorm layer, "
+                                          "which needs at least 2 per batch",
+                                          hint="raise the batch size (batch_size >= 2)") from None
+                    if on_step is not None:
+                        on_step(step, loss)
+                    opt.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        opt.step()
                 if sched is not None:
                     sched.step()
                 step += 1

@@ -271,3 +271,18 @@ def test_default_teacher_views_follow_the_epochs():
     from pipeline.distill.views import default_views
 
     assert default_views(30) == 7 and default_views(100) == 8 and default_views(3) == 0
+
+
+def test_odd_batch_guard_runs_odd_cpu_batches_without_onednn():
+    """torch 2.13's oneDNN conv path corrupts the heap on odd-sized training batches with 2+ CPU threads
+    (resnet8 width 8 finetune aborted under OMP_NUM_THREADS=2): such steps run with oneDNN off."""
+    import torch
+
+    from pipeline.device import resolve
+
+    c = resolve("cpu", "fp32", None)
+    with c.odd_batch_guard(4):
+        assert torch.backends.mkldnn.enabled
+    with c.odd_batch_guard(5):
+        assert torch.backends.mkldnn.enabled == (torch.get_num_threads() < 2)
+    assert torch.backends.mkldnn.enabled
