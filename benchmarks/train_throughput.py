@@ -208,8 +208,9 @@ def make_folder(root: Path, n: int, size: int = 224, classes: int = 4, seed: int
 
 
 def subset_folder(src: Path, dst: Path, n: int) -> Path:
-    """The first n files of `src` as symlinks (same images, no second copy)."""
-    files = sorted(src.rglob("*.jpg"))[:n]
+    """The first n images of `src` by their global index (so every class keeps its share; sorting by path
+    would take whole class folders) as symlinks (same images, no second copy)."""
+    files = sorted(src.rglob("*.jpg"), key=lambda f: f.name)[:n]
     for f in files:
         t = dst / f.parent.name / f.name
         t.parent.mkdir(parents=True, exist_ok=True)
