@@ -296,14 +296,9 @@ def compare_step(suite: Suite, report: Path, baseline: Path, out: Path, run_dir:
     write_output(str(out / "compare.xml"), to_junit(result))
     if os.environ.get("GITHUB_STEP_SUMMARY"):
         write_output(os.environ["GITHUB_STEP_SUMMARY"], md)
-    for c in result.cases:
-        ratio = "" if c.ratio is None else f" {c.ratio:.3f}x (limit {c.limit_ratio:.3f}x, {c.basis})"
-        print(f"{c.status:12} {c.name}{ratio}" + (f"  {c.messages[-1]}" if c.messages else ""))
-    for line in result.basis_lines:
-        print(f"basis: {line}")
-    for w in result.warnings:
-        print(f"warning: {w}")
-    print(result.summary())
+    from pipeline.measure.compare import print_result
+
+    print_result(result, lambda c: c.messages[-1] if c.messages else None)
     return result.exit_code
 
 

@@ -109,3 +109,18 @@ def format_ci(acc: float | None, ci: Any) -> str:
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
         return f"{acc:.4f} [{ci[0]:.2f}, {ci[1]:.2f}]"
     return f"{acc:.4f}"
+
+
+def two_proportion_p(k1: int, n1: int, k2: int, n2: int) -> float:
+    """Two-sided p-value of the pooled two-proportion z-test (k1/n1 vs k2/n2): two independent splits (the
+    teacher on validation vs test). A few lines of math, so the teacher check needs no scipy call."""
+    import math
+
+    if n1 <= 0 or n2 <= 0:
+        return 1.0
+    pooled = (k1 + k2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return 1.0
+    z = abs(k1 / n1 - k2 / n2) / se
+    return math.erfc(z / math.sqrt(2))

@@ -24,7 +24,8 @@ from pipeline.errors import CheckpointError, ConfigError  # noqa: E402
 from pipeline.models.checkpoints import load_into  # noqa: E402
 from pipeline.models.measure import count_macs, macs_ratio  # noqa: E402
 from pipeline.models.zoo import resnet8, resnet20  # noqa: E402
-from pipeline.stages.teacher import check_accepts_input, teacher_split_note, two_proportion_p  # noqa: E402
+from pipeline.stages.teacher import check_accepts_input, teacher_split_note  # noqa: E402
+from pipeline.stats import two_proportion_p  # noqa: E402
 
 X = np.random.default_rng(0).standard_normal((4, 1, 16, 16)).astype(np.float32)
 

@@ -460,15 +460,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot write output: {e}", file=sys.stderr)
         return 2
     if not args.quiet:
-        for c in result.cases:
-            ratio = "" if c.ratio is None else f" {c.ratio:.3f}x (limit {c.limit_ratio:.3f}x, {c.basis})"
-            print(f"{c.status:12} {c.name}{ratio}" + (f"  {c.messages[0]}" if c.failed and c.messages else ""))
-        for line in result.basis_lines:
-            print(f"basis: {line}")
-        for w in result.warnings:
-            print(f"warning: {w}")
-        print(result.summary())
+        print_result(result, lambda c: c.messages[0] if c.failed and c.messages else None)
     return result.exit_code
+
+
+def print_result(result, message) -> None:
+    """One line per case (`message(case)`: the text after it, or None), the basis lines, warnings, summary;
+    shared by this command and benchmarks/suite.py."""
+    for c in result.cases:
+        ratio = "" if c.ratio is None else f" {c.ratio:.3f}x (limit {c.limit_ratio:.3f}x, {c.basis})"
+        text = message(c)
+        print(f"{c.status:12} {c.name}{ratio}" + (f"  {text}" if text else ""))
+    for line in result.basis_lines:
+        print(f"basis: {line}")
+    for w in result.warnings:
+        print(f"warning: {w}")
+    print(result.summary())
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pipeline.models.measure import count_macs, count_params
 from pipeline.models.spec import build_model
 from pipeline.runner import Runner, StageContext, StageResult
 from pipeline.stages.data import read_splits
+from pipeline.stats import two_proportion_p
 from pipeline.stages.models import load_model, save_model
 from pipeline.train import accuracy, fit, predict, set_seed
 
@@ -63,21 +64,6 @@ def check_accepts_input(model, x, num_classes: int, role: str, spec: str, output
                           hint="build the model with num_classes (it is passed when the callable accepts it), "
                                "or set its kwargs")
     return model
-
-
-def two_proportion_p(k1: int, n1: int, k2: int, n2: int) -> float:
-    """Two-sided p-value of the pooled two-proportion z-test (k1/n1 vs k2/n2). Written here (a few lines of
-    math) so the teacher check needs no statistics package."""
-    import math
-
-    if n1 <= 0 or n2 <= 0:
-        return 1.0
-    pooled = (k1 + k2) / (n1 + n2)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if se == 0:
-        return 1.0
-    z = abs(k1 / n1 - k2 / n2) / se
-    return math.erfc(z / math.sqrt(2))
 
 
 def split_origin(splits, name: str) -> str:
