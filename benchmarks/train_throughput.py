@@ -302,9 +302,12 @@ def e2e_run(folder: Path, images: int, out: Path) -> dict:
         print(line, flush=True)
     r = json.loads(lines[-1])
     peak_kb = r["peak_rss_kb"]
+    stages = {}
+    if (out / "run.json").exists():  # each stage's own peak (the runner resets VmHWM per stage)
+        stages = {s["stage"]: s.get("peak_rss_mb") for s in json.loads((out / "run.json").read_text())["stages"]}
     return {"images": images, "input_size": 224, "returncode": r["returncode"], "seconds": round(r["seconds"], 1),
             "peak_rss_mb": round(peak_kb / 1024, 1), "within_24gb": peak_kb / 2 ** 20 <= 24,
-            "command": " ".join(cmd)}
+            "stage_peak_rss_mb": stages, "command": " ".join(cmd)}
 
 
 def e2e_224(args, work: Path) -> dict:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from pipeline.artifacts import (atomic_dir, atomic_write_json, clean_stale_temporaries, sha256_file,
                                 sha256_json, sha256_tree)
 from pipeline.errors import PipelineError
+from pipeline.memory import peak_rss_mb, reset_peak
 
 META = "meta.json"
 
@@ -210,9 +211,11 @@ class Runner:
             self._say(f"[yellow]↻ {{label}}: cached output {escape(rerun_reason)}; rerunning[/yellow]", label)
         self._say("[bold]→ {label}[/bold]", label)
         t0 = time.perf_counter()
+        peak_reset = reset_peak()
         with atomic_dir(final) as tmp:
             ctx = StageContext(dir=tmp)
             fn(ctx)
+            peak = peak_rss_mb() if peak_reset else None
             if self.fault_stage == name:  # fault-injection hook for the resume tests
                 os.kill(os.getpid(), 9)
             outputs = {p.relative_to(tmp).as_posix(): sha256_file(p)
@@ -228,6 +231,8 @@ class Runner:
                 "metrics": ctx.metrics,
                 "notes": ctx.notes,
                 "seconds": round(time.perf_counter() - t0, 3),
+                # this process's peak RSS during the stage (measured, VmHWM; child processes not included)
+                "peak_rss_mb": peak,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             if rerun_reason:
@@ -240,6 +245,7 @@ class Runner:
     def _record(self, name, label, key, final, meta, cached, seconds) -> StageResult:
         rec = StageResult(name=name, key=key, dir=final, meta=meta, cached=cached, seconds=seconds)
         self.records.append({"name": label, "stage": name, "cached": cached, "seconds": round(seconds, 3),
+                             "peak_rss_mb": None if cached else meta.get("peak_rss_mb"),
                              "key": key, "dir": str(final.relative_to(self.out)),
                              "notes": meta.get("notes", [])})
         return rec

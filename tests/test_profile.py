@@ -194,3 +194,60 @@ def test_bench_engine_layer_profile_files_import(fast_run, tmp_path):
     assert doc["total_ms"] == pytest.approx(0.06) and "IProfiler" in doc["method"]["int8"]
     by = {r["module"]: r for r in doc["rows"]}
     assert STUDENT_CONVS | {"fc"} <= set(by) and by["features.0.0"]["int8_ms"] == pytest.approx(0.011)
+
+
+# --------------------------------------------------------------------------- time outside the op counters
+
+
+def _events(name: str, durs_us: list[int]) -> list[dict]:
+    return [{"cat": "Node", "name": f"{name}_kernel_time", "dur": d,
+             "args": {"op_name": "Conv", "input_type_shape": [{"float": [1, 3, 8, 8]}]}} for d in durs_us]
+
+
+def test_ort_trace_keeps_sub_microsecond_time_and_removes_the_profilers_floor():
+    from pipeline.profile.ort import parse_trace
+
+    # whole-us events: 3 and 4 us alternating is 3.5 us, not the median's 3 or 4; minus a 2 us floor
+    (op,) = parse_trace(_events("conv", [3, 4] * 50), floor_ms=0.002)
+    assert op.ms == pytest.approx(0.0015)
+    # an op at the floor costs nothing, never less than nothing
+    (op,) = parse_trace(_events("flat", [2] * 20 + [1] * 20), floor_ms=0.002)
+    assert op.ms == 0.0
+    # the first `skip` runs (warm-up) are dropped
+    (op,) = parse_trace(_events("conv", [90] * 10 + [5] * 40), skip=10)
+    assert op.ms == pytest.approx(0.005)
+
+
+def test_time_outside_the_counters_gets_rows_of_its_own():
+    from pipeline.profile.schema import CALL_ROW, OpTime, VariantProfile, profile_doc
+
+    def vp(conv_ms: float, call: float | None, extra: dict) -> VariantProfile:
+        return VariantProfile(ops=[OpTime("conv", "Conv", conv_ms, "f32", module_hint="features.0.0")], total_ms=0.02,
+                              runtime="r", runtime_version="1", method="m", iterations=10, left_out="l",
+                              call_overhead_ms=call, extra_ms=extra)
+
+    doc = profile_doc("t", "b", "measured", "h", 1,
+                      {"float": vp(0.010, 0.004, {}), "int8": vp(0.006, 0.005, {"(res: estimated)": (0.001, "estimated")})},
+                      None)
+    by = {r["label"]: r for r in doc["rows"]}
+    assert by[CALL_ROW]["module"] is None and by[CALL_ROW]["source"] == "measured"
+    assert (by[CALL_ROW]["float_ms"], by[CALL_ROW]["int8_ms"]) == (0.004, 0.005)
+    assert by["(res: estimated)"]["source"] == "estimated" and by["(res: estimated)"]["float_ms"] is None
+    assert doc["sum_int8_ms"] == pytest.approx(0.006 + 0.005 + 0.001)
+    assert doc["sum_float_ms"] == pytest.approx(0.014)
+    assert doc["unmapped_ops"] == []  # fixed rows are not unmapped ops
+    # no call overhead measured: no row
+    doc = profile_doc("t", "b", "measured", "h", 1, {"int8": vp(0.006, None, {})}, None)
+    assert [r["label"] for r in doc["rows"]] == ["features.0.0"]
+
+
+def test_openvino_keeps_nodes_under_the_counter_resolution():
+    from types import SimpleNamespace as P
+
+    from pipeline.profile.openvino import _has_kernel
+
+    assert _has_kernel(P(node_type="FakeQuantize", exec_type="jit_avx512_f32"))      # ran in < 1 us: reads 0
+    assert _has_kernel(P(node_type="Reorder", exec_type="jit_uni_I8"))
+    assert not _has_kernel(P(node_type="FakeQuantize", exec_type="undef"))            # fused into its producer
+    assert not _has_kernel(P(node_type="Reshape", exec_type="unknown_I8"))            # in place
+    assert not _has_kernel(P(node_type="Parameter", exec_type="unknown_f32"))

@@ -299,3 +299,34 @@ def test_model_fingerprint_covers_local_imports_only(tmp_path):
         spec_fingerprint(spec)
     with pytest.raises(ConfigError, match="does not exist"):
         spec_fingerprint(f"{tmp_path / 'nope.py'}:build")
+
+
+def test_each_stage_records_its_own_peak_rss(tmp_path):
+    """The runner resets VmHWM before each stage: a stage that touches 300 MB says so, the next one does not
+    inherit it (the per-stage figures are how a growing stage is found at 224 px)."""
+    import sys
+
+    import numpy as np
+
+    from pipeline.memory import reset_peak
+    from pipeline.runner import Runner
+
+    if not sys.platform.startswith("linux") or not reset_peak():
+        pytest.skip("per-stage peak RSS needs Linux's /proc/self/clear_refs")
+    runner = Runner(tmp_path)
+    held = {}
+
+    def big(ctx):
+        held["a"] = np.ones(300 * 2 ** 20, dtype=np.uint8)  # touched: resident
+        del held["a"]
+        (ctx.dir / "x").write_text("1")
+
+    def small(ctx):
+        (ctx.dir / "y").write_text("1")
+
+    a = runner.stage("big", big, config={"k": 1})
+    b = runner.stage("small", small, config={"k": 1})
+    pa, pb = a.meta["peak_rss_mb"], b.meta["peak_rss_mb"]
+    assert pa is not None and pb is not None
+    assert pa - pb > 250, (pa, pb)
+    assert [r["peak_rss_mb"] for r in runner.records] == [pa, pb]
