@@ -547,6 +547,40 @@ def _run_structured(job: _Job) -> tuple[nn.Module, dict[str, float]]:
     return pruned, no_recovery
 
 
+def prune_copy(job: _Job, round_to: int) -> nn.Module:
+    """The unpruned student pruned to the recipe's goal with another round_to, without recovery (the INT8
+    fix search: latency does not depend on the weights); raises PipelineError when it is not possible."""
+    cfg = job.recipe.prune.model_copy(update={"round_to": round_to})
+    pruned, pruner, _ = start_structured(job.model, job.example, job.check_x, job.num_classes, cfg, job.shape)
+    for i in range(2, cfg.steps + 1):
+        pruner.run_round(i)
+    check_forward(pruned, job.check_x, job.num_classes)
+    return pruned
+
+
+def _int8_check(job: _Job, m: dict, tmp: Path, threads: int) -> None:
+    """prune.int8_check: INT8 latency ratio beside the MACs ratio; the round_to fix when it stays high."""
+    from pipeline.prune_int8 import int8_check
+    from pipeline.stages.export import export_onnx
+
+    recipe, splits = job.recipe, job.splits
+    base_macs = _macs(job.model, job.shape)
+
+    def prune_fn(round_to: int, path: Path) -> float:
+        model = prune_copy(job, round_to)
+        export_onnx(model, job.example, path, recipe.export.opset)
+        return _macs(model, job.shape) / base_macs
+
+    check = int8_check(tmp / "before.onnx", tmp / "after.onnx", m["macs_ratio"], recipe.prune.round_to,
+                       recipe.prune.target_macs_ratio, prune_fn, splits.x_train[:recipe.calibration.samples],
+                       recipe.calibration, splits.x_test[:32], threads, recipe.benchmark, tmp,
+                       threshold=recipe.prune.int8_threshold)
+    m["int8_check"] = check
+    m["int8_latency_ratio"] = check["current"]["int8_ratio"]
+    m["int8_fix"] = check.get("int8_fix")
+    job.ctx.notes.append(check["note"])
+
+
 def _run_unstructured(job: _Job) -> tuple[nn.Module, dict[str, float]]:
     """Magnitude masks raised round by round, recovery with the masks in place, then made permanent."""
     cfg, ctx, m = job.recipe.prune, job.ctx, job.ctx.metrics
@@ -658,9 +692,13 @@ def prune_student(ctx, recipe, data, teacher, student) -> None:
                                       (1, 32), threads, b.repeats, b.warmup, b.min_iters, b.min_time_s, b.max_time_s)
             m["latency_ms"] = lat
             m["latency_ratio"] = {k: lat["after"][k]["p50_ms"] / lat["before"][k]["p50_ms"] for k in lat["after"]}
+            if cfg.method == "structured" and cfg.int8_check:
+                _int8_check(job, m, tmp, threads)
         else:
             m["latency_ms"] = m["latency_ratio"] = None
             ctx.notes.append("prune: latency before/after not measured (benchmark.enabled=false)")
+        if not (b.enabled and cfg.method == "structured" and cfg.int8_check):
+            m["int8_latency_ratio"] = m["int8_fix"] = None
 
     save_model(pruned, ctx.dir, info["spec"], info["kwargs"], c, n, pruned=cfg.method == "structured")
     # Reload what was written and compare logits: never hand on an artifact that does not load back.

@@ -296,6 +296,114 @@ def test_round_to_that_would_empty_every_layer_is_an_error(inputs, tmp_path):
     assert not (tmp_path / "prune_out" / "model.pt").exists()
 
 
+# --------------------------------------------------------------------------------------------- INT8 check
+
+
+def _assert_measured(lat: dict, precision: str) -> None:
+    assert lat["source"] == "measured" and lat["runtime"] == "onnxruntime" and lat["runtime_version"]
+    assert lat["batch"] == 1 and lat["p50_ms"] > 0 and lat["precision"].startswith(precision)
+
+
+def test_int8_check_names_modules_and_offers_a_measured_round_to_fix(inputs, tmp_path):
+    # threshold forced down: the search runs whatever this host's timings are (only structure is checked)
+    ctx = _prune(inputs, tmp_path, ["prune.ratio=0.5", "prune.round_to=8", "prune.int8_threshold=0.001"])
+    m = ctx.metrics
+    check = m["int8_check"]
+    assert check["above_threshold"] is True and check["threshold"] == 0.001
+    assert m["int8_latency_ratio"] == check["current"]["int8_ratio"] > 0
+    assert check["current"]["macs_ratio"] == m["macs_ratio"] and check["current"]["round_to"] == 8
+    for when in ("before", "after"):
+        _assert_measured(check["latency_ms"][when]["fp32"], "fp32")
+        _assert_measured(check["latency_ms"][when]["int8"], "int8")
+    # per-module comparison from the two INT8 profiles, mapped to the student's module paths
+    convs = set(_convs(load_model(inputs["student"].dir)))
+    assert {r["module"] for r in check["modules"]} & convs
+    assert [r["kept_ms"] for r in check["modules"]] == sorted((r["kept_ms"] for r in check["modules"]), reverse=True)
+    assert all(not r["overhead"] and r["kept_ms"] > 0 for r in check["held_by"])
+    # the fix search: every other round_to tried, each measured or skipped with a reason, nothing applied
+    fix = m["int8_fix"]
+    assert fix["applied"] is False and fix["source"] == "measured"
+    assert [c["round_to"] for c in fix["candidates"]] == [4, 16, 32]
+    measured = [c for c in fix["candidates"] if "skipped" not in c]
+    assert measured, fix["candidates"]
+    for c in fix["candidates"]:
+        if "skipped" in c:
+            assert c["skipped"] and "int8_ratio" not in c and c["chosen"] is False
+        else:
+            assert {"macs_ratio", "fp32_ratio", "int8_ratio", "fp32_ms", "int8_ms"} <= set(c)
+            assert c["macs_ratio"] <= m["macs_ratio"] + 0.2
+    best = min(measured, key=lambda c: c["int8_ratio"])
+    note = next(n for n in ctx.notes if n.startswith("prune: INT8 latency"))
+    assert "prune.int8_check=false" in note
+    if best["int8_ratio"] < fix["current"]["int8_ratio"]:
+        assert fix["chosen"] is best and best["chosen"] is True
+        assert f"measured fix: prune.round_to={best['round_to']}" in note
+        assert f"--set prune.round_to={best['round_to']}" in note
+    else:
+        assert fix["chosen"] is None and "no round_to tried" in note
+    # the saved artifact is the recipe's round_to: the fix is offered, never applied
+    assert all(c % 8 == 0 for name, (cin, c) in _channels_of(ctx.dir).items() if name != "fc")
+
+
+def _channels_of(folder: Path) -> dict[str, list[int]]:
+    from pipeline.pruning import layer_channels
+
+    return layer_channels(load_model(folder))
+
+
+def test_int8_check_below_threshold_and_off_offer_nothing(inputs, tmp_path):
+    (tmp_path / "a").mkdir()
+    ctx = _prune(inputs, tmp_path / "a", ["prune.ratio=0.5", "prune.int8_threshold=10"])
+    m = ctx.metrics
+    assert m["int8_check"]["above_threshold"] is False and m["int8_latency_ratio"] > 0
+    assert m["int8_fix"] is None and "modules" not in m["int8_check"]
+    assert any(n.startswith("prune: INT8 latency") and "no fix searched" in n for n in ctx.notes)
+
+    (tmp_path / "b").mkdir()
+    ctx = _prune(inputs, tmp_path / "b", ["prune.ratio=0.5", "prune.int8_check=false", "prune.int8_threshold=0.001"])
+    m = ctx.metrics
+    assert m["latency_ratio"] is not None  # FP32 still measured
+    assert m["int8_latency_ratio"] is None and m["int8_fix"] is None and "int8_check" not in m
+    assert not any("INT8" in n for n in ctx.notes)
+
+
+def test_choose_fix_picks_the_lowest_measured_int8_ratio():
+    from pipeline.prune_int8 import choose_fix
+
+    current = {"round_to": 4, "int8_ratio": 1.01}
+    cands = [{"round_to": 8, "int8_ratio": 0.93}, {"round_to": 16, "int8_ratio": 0.72},
+             {"round_to": 32, "skipped": "pruning removed every channel"}]
+    assert choose_fix(current, cands) is cands[1]
+    assert choose_fix({"int8_ratio": 0.7}, cands) is None  # nothing beats the current round_to
+    assert choose_fix(current, [cands[2]]) is None
+
+
+def test_compare_modules_ranks_what_holds_the_int8_ratio():
+    from pipeline.prune_int8 import compare_modules, holders
+
+    def row(label, ms, kind="compute", qdq=0.0):
+        return {"label": label, "int8_ms": ms, "ops": [{"kind": kind}], "overhead_ms": {"int8": qdq}}
+
+    unpruned = [row("layer1.0.conv1", 0.023), row("layer3.0.conv1", 0.1, qdq=0.01),
+                row("unmapped quantize: QuantizeLinear", 0.004, "quantize")]
+    pruned = [row("layer1.0.conv1", 0.033), row("layer3.0.conv1", 0.04, qdq=0.01),
+              row("unmapped quantize: QuantizeLinear", 0.004, "quantize")]
+    rows = compare_modules(unpruned, pruned, threshold=0.75)
+    assert rows[0]["module"] == "layer1.0.conv1" and rows[0]["ratio"] == pytest.approx(1.435, abs=1e-3)
+    mods, fixed = holders(rows)
+    assert [r["module"] for r in mods] == ["layer1.0.conv1"]  # layer3 shrank below 0.75x: not a holder
+    assert [r["module"] for r in fixed] == ["unmapped quantize: QuantizeLinear"]
+    assert next(r for r in rows if r["module"] == "layer3.0.conv1")["qdq_ms"] == {"unpruned": 0.01, "pruned": 0.01}
+
+
+def test_prune_stage_cache_key_covers_the_int8_check_code():
+    from pipeline.code_closure import code_files
+    from pipeline.stages import prune as prune_stage
+
+    files = {Path(f).name for f in code_files([prune_stage.run_prune])}
+    assert {"pruning.py", "prune_int8.py", "onnxruntime.py"} <= files
+
+
 # --------------------------------------------------------------------------------------------- unstructured
 
 
