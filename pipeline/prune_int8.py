@@ -221,3 +221,15 @@ def search_round_to(current: dict, fp32_models: dict[str, Path], int8_models: di
         c["chosen"] = c is chosen
     return {"candidates": tried, "current": same, "chosen": chosen, "applied": False, "source": "measured",
             "batch": 1, "runtime": RUNTIME}
+
+
+def summary_record(metrics: dict) -> dict[str, Any] | None:
+    """run.json `prune`: the prune stage's MACs, FP32 and INT8 latency ratios and the INT8 fix offered
+    (the full per-module comparison stays in the stage's meta.json)."""
+    if not metrics.get("enabled"):
+        return None
+    check = metrics.get("int8_check")
+    return {"method": metrics.get("method"), "round_to": metrics.get("round_to"),
+            "macs_ratio": metrics.get("macs_ratio"), "latency_ratio": metrics.get("latency_ratio"),
+            "int8_latency_ratio": metrics.get("int8_latency_ratio"), "int8_fix": metrics.get("int8_fix"),
+            "int8_check": {k: v for k, v in check.items() if k not in ("modules", "int8_fix")} if check else None}

@@ -343,6 +343,26 @@ def test_int8_check_names_modules_and_offers_a_measured_round_to_fix(inputs, tmp
         assert fix["chosen"] is None and "no round_to tried" in note
     # the saved artifact is the recipe's round_to: the fix is offered, never applied
     assert all(c % 8 == 0 for name, (cin, c) in _channels_of(ctx.dir).items() if name != "fc")
+    # run.json `prune` and the report tables built from it
+    from pipeline.prune_int8 import summary_record
+    from pipeline.report.render import write_report
+
+    rec = summary_record(m)
+    assert rec["int8_latency_ratio"] == m["int8_latency_ratio"] and rec["int8_fix"] == fix
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({
+        "schema_version": "1", "name": "p", "created": "2026-01-01T00:00:00+0000", "seconds": 1, "stages": [],
+        "artifacts": [], "targets": {}, "skipped_targets": {}, "failed_targets": {}, "notes": ctx.notes,
+        "prune": rec}, default=str))
+    rep = write_report(run, tmp_path / "rep")
+    md, page = rep.markdown.read_text(), rep.html.read_text()
+    assert "## Pruning: INT8 latency vs MACs" in md and "## Pruning: what holds the INT8 ratio" in md
+    assert f"| 8 | {m['macs_ratio']:.3f}x |" in md
+    for c in fix["candidates"]:
+        assert f"| {c['round_to']} |" in md
+    assert ("offered fix (not applied)" in md) == (fix["chosen"] is not None)
+    assert "<h2>Pruning: INT8 latency vs MACs</h2>" in page
 
 
 def _channels_of(folder: Path) -> dict[str, list[int]]:
