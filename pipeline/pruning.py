@@ -20,6 +20,11 @@ against PyTorch); when the forward fails, each channel group is pruned alone on 
 that break it, those are excluded (named in the stage notes) and pruning runs again. If the model still
 fails, the stage stops with a :class:`PipelineError` naming the layers; no artifact is written.
 
+With ``benchmark.enabled`` the FP32 latency before/after is measured with ONNX Runtime; structured pruning
+also runs the INT8 check (``prune.int8_check``, :mod:`pipeline.prune_int8`): INT8 latency ratio beside the
+MACs ratio and, when it stays above ``prune.int8_threshold``, the modules that hold it and a measured
+``prune.round_to`` fix (candidates pruned by :func:`prune_copy`, offered in a note, never applied).
+
 Unstructured (``prune.method: unstructured``) zeroes the smallest-magnitude weights of conv/linear layers
 with ``torch.nn.utils.prune`` (global or per layer), keeps the masks during recovery, then makes them
 permanent. Dense runtimes (ONNX Runtime, OpenVINO, TensorRT, LiteRT) do not run such a model faster.
