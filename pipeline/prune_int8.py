@@ -46,8 +46,8 @@ def quantize_int8(fp32_onnx: Path, out_onnx: Path, calibration: np.ndarray, cali
 
 def measure_batch1(fp32: dict[str, Path], int8: dict[str, Path], x: np.ndarray, threads: int, bench) -> dict[str, dict]:
     """{name: {"fp32": latency, "int8": latency}} at batch 1, every model measured in one interleaved session
-    (pipeline.pruning.measure_ort_latency; `bench`: the recipe's benchmark section)."""
-    from pipeline.pruning import measure_ort_latency
+    (pipeline.measure.in_process.measure_ort_latency; `bench`: the recipe's benchmark section)."""
+    from pipeline.measure.in_process import measure_ort_latency
 
     models = {**{f"{k}|fp32": p for k, p in fp32.items()}, **{f"{k}|int8": p for k, p in int8.items()}}
     lat = measure_ort_latency(models, x, (1,), threads, bench.repeats, bench.warmup, bench.min_iters,
@@ -158,8 +158,9 @@ def int8_check(before: Path, after: Path, macs_ratio: float, round_to: int | Non
     q = {k: quantize_int8(p, folder / f"{k}_int8.onnx", calibration, calib) for k, p in (("before", before),
                                                                                          ("after", after))}
     lat = measure_batch1({"before": before, "after": after}, q, x, threads, bench)
-    current = {"round_to": round_to, "macs_ratio": macs_ratio, "fp32_ratio": ratio(lat, "after", "before", "fp32"),
-               "int8_ratio": ratio(lat, "after", "before", "int8")}
+    current: dict[str, Any] = {"round_to": round_to, "macs_ratio": macs_ratio,
+                               "fp32_ratio": ratio(lat, "after", "before", "fp32"),
+                               "int8_ratio": ratio(lat, "after", "before", "int8")}
     check: dict[str, Any] = {"runtime": RUNTIME, "runtime_version": ort.__version__, "precision": PRECISION,
                              "source": "measured", "batch": 1, "threads": threads, "threshold": threshold,
                              "latency_ms": lat, "current": current,

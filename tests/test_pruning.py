@@ -476,3 +476,9 @@ def test_cli_run_with_pruning_records_pruned_model(tmp_path):
     assert student["macs"] == pm["macs"] < dm["macs"]
     assert pm["macs_before"] == dm["macs"]
     assert json.loads((out / stage["dir"] / "model.json").read_text())["kind"] == "pruned"
+    # the INT8 check (on by default) reaches run.json `prune` and the stage notes
+    rec = run["prune"]
+    assert rec["macs_ratio"] == pm["macs_ratio"] and rec["int8_latency_ratio"] == pm["int8_latency_ratio"] > 0
+    assert rec["int8_check"]["source"] == "measured" and rec["int8_check"]["runtime"] == "onnxruntime"
+    assert (rec["int8_fix"] is not None) == rec["int8_check"]["above_threshold"]
+    assert any(n.startswith("prune: INT8 latency") for n in stage["notes"])
