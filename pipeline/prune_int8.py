@@ -32,6 +32,10 @@ ROUND_TO_CANDIDATES = (4, 8, 16, 32)
 MAX_MACS_EXCESS = 0.2
 # Profiled inferences per INT8 model (the per-module comparison): enough for a stable trimmed mean, cheap.
 PROFILE_ITERATIONS = 100
+# The check's timing per model and repeat is capped here (the recipe's benchmark settings can ask for seconds):
+# ratios of sub-millisecond models settle within a tenth of a second of runs.
+CHECK_MIN_TIME_S = 0.1
+CHECK_WARMUP = 20
 RUNTIME = "onnxruntime"
 PRECISION = "int8 (U8S8 QDQ, per-channel weights)"
 OVERHEAD_KINDS = ("quantize", "reformat")
@@ -57,6 +61,12 @@ def measure_batch1(fp32: dict[str, Path], int8: dict[str, Path], x: np.ndarray, 
         name, prec = key.split("|")
         out.setdefault(name, {})[prec] = {**v["batch1"], "precision": "fp32" if prec == "fp32" else PRECISION}
     return out
+
+
+def check_timing(bench):
+    """The recipe's benchmark section with the check's caps on time and warmup per model and repeat."""
+    return bench.model_copy(update={"min_time_s": min(bench.min_time_s, CHECK_MIN_TIME_S),
+                                    "warmup": min(bench.warmup, CHECK_WARMUP)})
 
 
 def ratio(lat: dict[str, dict], name: str, base: str, precision: str) -> float:

@@ -11,7 +11,7 @@ def prune_int8_sections(summary: dict) -> list[tuple[str, str, list[dict[str, st
     tried as the fix, then the modules that hold the INT8 ratio; none when the check did not run."""
     p = summary.get("prune") or {}
     check = p.get("int8_check")
-    if not check:
+    if not check or "current" not in check:  # not run, or failed (its note says why)
         return []
     cur = check["current"]
     fix = p.get("int8_fix") or {}
