@@ -36,6 +36,7 @@ PROFILE_ITERATIONS = 100
 # ratios of sub-millisecond models settle within a tenth of a second of runs.
 CHECK_MIN_TIME_S = 0.1
 CHECK_WARMUP = 20
+NOTE_MODULES = 3  # modules named in the note line (the metrics and the report list up to 12)
 RUNTIME = "onnxruntime"
 PRECISION = "int8 (U8S8 QDQ, per-channel weights)"
 OVERHEAD_KINDS = ("quantize", "reformat")
@@ -105,8 +106,8 @@ def compare_modules(unpruned: list[dict], pruned: list[dict], threshold: float =
     return sorted(rows, key=lambda r: -r["kept_ms"])
 
 
-def holders(rows: list[dict], n: int = 3) -> tuple[list[dict], list[dict]]:
-    """(modules that hold the INT8 ratio up, Q/DQ/reformat/call-overhead rows that do not shrink)."""
+def holders(rows: list[dict], n: int = 12) -> tuple[list[dict], list[dict]]:
+    """(up to n modules that hold the INT8 ratio up, Q/DQ/reformat/call-overhead rows that do not shrink)."""
     modules = [r for r in rows if not r["overhead"] and r["kept_ms"] > 0][:n]
     fixed = [r for r in rows if r["overhead"] and r["unpruned_ms"] > 0 and (r["ratio"] or 0) >= 0.95]
     return modules, fixed
@@ -137,7 +138,8 @@ def note_line(check: dict) -> str:
     mods = check.get("held_by") or []
     fixed = check.get("qdq_not_shrinking") or []
     if mods or fixed:
-        text += "; held by " + ", ".join(_row_text(r) for r in [*mods, *fixed])
+        more = f", and {len(mods) - NOTE_MODULES} more module(s)" if len(mods) > NOTE_MODULES else ""
+        text += "; held by " + ", ".join(_row_text(r) for r in [*mods[:NOTE_MODULES], *fixed]) + more
     fix = check.get("int8_fix") or {}
     chosen = fix.get("chosen")
     if chosen:
