@@ -139,7 +139,9 @@ def note_line(check: dict) -> str:
     fixed = check.get("qdq_not_shrinking") or []
     if mods or fixed:
         more = f", and {len(mods) - NOTE_MODULES} more module(s)" if len(mods) > NOTE_MODULES else ""
-        text += "; held by " + ", ".join(_row_text(r) for r in [*mods[:NOTE_MODULES], *fixed]) + more
+        named = [", ".join(_row_text(r) for r in mods[:NOTE_MODULES]) + more] if mods else []
+        named += [_row_text(r) for r in fixed]
+        text += "; held by " + ", ".join(named)
     fix = check.get("int8_fix") or {}
     chosen = fix.get("chosen")
     if chosen:
@@ -214,7 +216,8 @@ def search_round_to(current: dict, fp32_models: dict[str, Path], int8_models: di
             c["skipped"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             continue
         if c["macs_ratio"] > reference + MAX_MACS_EXCESS:
-            c["skipped"] = (f"{c['macs_ratio']:.3f}x MACs misses the target ({reference:.3f}x) by more than "
+            goal = "prune.target_macs_ratio" if target_macs is not None else "the recipe's pruned model"
+            c["skipped"] = (f"{c['macs_ratio']:.3f}x MACs misses {goal} ({reference:.3f}x) by more than "
                             f"{MAX_MACS_EXCESS}")
             continue
         fp32[f"r{rt}"] = path
