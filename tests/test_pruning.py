@@ -416,6 +416,63 @@ def test_compare_modules_ranks_what_holds_the_int8_ratio():
     assert next(r for r in rows if r["module"] == "layer3.0.conv1")["qdq_ms"] == {"unpruned": 0.01, "pruned": 0.01}
 
 
+def _conv_onnx(path: Path, channels: int) -> Path:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(channels * 64, 10))
+    export_onnx(model.eval(), torch.zeros(1, 1, 8, 8), path, 17)
+    return path
+
+
+def test_search_round_to_skips_impossible_and_far_candidates(tmp_path):
+    from pipeline.prune_int8 import check_timing, quantize_int8, search_round_to
+
+    recipe = load_recipe(None, sets=["benchmark.repeats=1", "benchmark.warmup=1", "benchmark.min_iters=3",
+                                     "benchmark.min_time_s=0.001"])
+    calib = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype(np.float32)
+    fp32 = {"before": _conv_onnx(tmp_path / "before.onnx", 32), "after": _conv_onnx(tmp_path / "after.onnx", 8)}
+    int8 = {k: quantize_int8(p, tmp_path / f"{k}_int8.onnx", calib, recipe.calibration) for k, p in fp32.items()}
+
+    def prune_fn(round_to: int, path: Path) -> float:  # what prune_copy + export do, on hand-built widths
+        if round_to == 4:
+            raise PipelineError("pruning removed every channel of conv")
+        _conv_onnx(path, round_to)
+        return round_to / 64
+
+    fix = search_round_to({"round_to": 8, "macs_ratio": 0.25, "int8_ratio": 1.0}, fp32, int8, prune_fn, None, calib,
+                          recipe.calibration, calib[:4], 1, check_timing(recipe.benchmark), tmp_path)
+    c4, c16, c32 = fix["candidates"]
+    assert [c["round_to"] for c in fix["candidates"]] == [4, 16, 32]  # 8 is the current one
+    assert "every channel" in c4["skipped"] and "macs_ratio" not in c4
+    assert c16["macs_ratio"] == 0.25 and c16["int8_ratio"] > 0 and c16["fp32_ratio"] > 0 and "skipped" not in c16
+    assert "misses the recipe's pruned model (0.250x)" in c32["skipped"] and "int8_ratio" not in c32
+    assert fix["current"]["int8_ratio"] > 0 and fix["current"]["round_to"] == 8
+    assert (fix["chosen"] is c16) == (c16["int8_ratio"] < fix["current"]["int8_ratio"])
+    assert fix["applied"] is False
+
+
+def test_note_line_names_holders_and_the_fix():
+    from pipeline.prune_int8 import note_line
+
+    def row(name, u, p, overhead=False):
+        return {"module": name, "unpruned_ms": u, "pruned_ms": p, "ratio": p / u, "overhead": overhead}
+
+    check = {"current": {"int8_ratio": 1.008, "macs_ratio": 0.365, "fp32_ratio": 0.7}, "runtime_version": "1.32.0",
+             "threads": 1, "threshold": 0.75, "above_threshold": True, "seconds": 8.4,
+             "held_by": [row(f"layer1.{i}.conv1", 0.023, 0.033) for i in range(5)],
+             "qdq_not_shrinking": [row("(runtime call overhead)", 0.005, 0.005, True)],
+             "int8_fix": {"candidates": [{"round_to": 16}], "chosen": {"round_to": 16, "int8_ratio": 0.715,
+                                                                      "macs_ratio": 0.523}}}
+    note = note_line(check)
+    assert note.startswith("prune: INT8 latency 1.01x at 0.36x MACs")
+    assert "held by layer1.0.conv1 (0.0230 -> 0.0330 ms, 1.43x), layer1.1.conv1" in note
+    assert "and 2 more module(s), (runtime call overhead)" in note
+    assert ("measured fix: prune.round_to=16 gives INT8 0.71x at 0.52x MACs (rerun with --set prune.round_to=16)"
+            in note)
+    assert "8.4 s" in note
+    check["int8_fix"] = {"candidates": [{"round_to": 16}], "chosen": None}
+    assert "no round_to tried (16) lowers the INT8 ratio" in note_line(check)
+
+
 def test_prune_stage_cache_key_covers_the_int8_check_code():
     from pipeline.code_closure import code_files
     from pipeline.stages import prune as prune_stage
