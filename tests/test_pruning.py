@@ -539,3 +539,4 @@ def test_cli_run_with_pruning_records_pruned_model(tmp_path):
     assert rec["int8_check"]["source"] == "measured" and rec["int8_check"]["runtime"] == "onnxruntime"
     assert (rec["int8_fix"] is not None) == rec["int8_check"]["above_threshold"]
     assert any(n.startswith("prune: INT8 latency") for n in stage["notes"])
+    assert "## Pruning: INT8 latency vs MACs" in (out / "report.md").read_text()
