@@ -32,7 +32,7 @@ ACCEPT = {"macs_ratio": 0.6, "latency_ratio_batch32": 0.85, "accuracy_drop": 0.0
 def run(ratio: float, out: Path, sets: list[str], threads: int, repeats: int, min_time_s: float) -> dict:
     import torch
 
-    from pipeline.pruning import measure_ort_latency
+    from pipeline.measure.in_process import measure_ort_latency
     from pipeline.recipe import load_recipe
     from pipeline.runner import Runner, environment
     from pipeline.stages.data import read_splits, run_data

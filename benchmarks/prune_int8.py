@@ -10,7 +10,9 @@ U8S8 QDQ (same calibration), and measures FP32 and INT8 latency at batch 1 with 
 process, interleaved repeat by repeat (source: measured). Printed per round_to: the MACs ratio beside the
 FP32 and INT8 latency ratios (pruned / unpruned). Where the INT8 ratio is above 0.75x, the per-layer
 profile (pipeline.profile.ort) names the modules whose INT8 time shrank least and the Q/DQ/reformat rows
-that do not shrink at all, and the round_to with the lowest INT8 ratio is offered as the fix.
+that do not shrink at all, and the round_to with the lowest INT8 ratio is offered as the fix. The measuring,
+quantizing and comparing code is pipeline/prune_int8.py, which the prune stage itself runs after every
+structured prune (prune.int8_check: a short version of this, round_to candidates pruned without recovery).
 Distillation and recovery fine-tuning are shortened (distill.epochs 5, prune.recovery.epochs 3 here):
 latency does not depend on them; accuracies go to --json only as a sanity check. The stage cache makes a
 second invocation only re-measure. The resnet20 case (the one where INT8 does not follow the MACs):
@@ -23,6 +25,10 @@ Measured on a shared 2-core AMD EPYC (ONNX Runtime 1.32, 1 thread, digits 32x32,
   resnet20, --ratio 0.3: round_to 4 -> 0.365x MACs, FP32 0.697x, INT8 1.008x; the profile shows the layer1
   convs pruned from 16 to 8 channels running slower in INT8 (0.023 -> 0.033 ms each, 1.44x); round_to 8:
   0.294x MACs, INT8 0.930x; round_to 16 keeps layer1 at 16 channels: 0.523x MACs, FP32 0.526x, INT8 0.715x.
+The prune stage's own check on that case (python -m pipeline run --target onnxruntime --set prune.enabled=true
+--set prune.ratio=0.3 --set prune.round_to=4 --set student.model=builtin:resnet20, shortened epochs) noted
+INT8 1.00x at 0.36x MACs, held by the layer1 convs (1.48x each), and offered prune.round_to=16: INT8 0.72x
+at 0.52x MACs (round_to 8: 0.92x; 32 skipped, 0.77x MACs); the check took 8.4 s of a 32 s prune stage.
 """
 from __future__ import annotations
 
@@ -36,22 +42,6 @@ from pathlib import Path
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
-
-THRESHOLD = 0.75
-
-
-def _module_ratios(unpruned: dict, pruned: dict) -> list[dict]:
-    """Per module INT8 ms unpruned vs pruned, from two per-layer profiles, slowest-to-shrink first."""
-    from pipeline.profile.schema import build_rows
-
-    a = {r["label"]: r["int8_ms"] for r in build_rows({"int8": unpruned["vp"]}, unpruned["index"])[0]}
-    b = {r["label"]: r["int8_ms"] for r in build_rows({"int8": pruned["vp"]}, pruned["index"])[0]}
-    rows = []
-    for k in dict.fromkeys([*a, *b]):
-        u, p = a.get(k) or 0.0, b.get(k) or 0.0
-        rows.append({"module": k, "unpruned_ms": round(u, 5), "pruned_ms": round(p, 5),
-                     "ratio": round(p / u, 3) if u > 0 else None, "kept_ms": round(p - 0.5 * u, 5)})
-    return sorted(rows, key=lambda r: -r["kept_ms"])
 
 
 def main(argv=None) -> int:
@@ -71,9 +61,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("PIPELINE_QUIET", "1")
     import torch
 
-    from pipeline.profile import ort as ort_profile
-    from pipeline.profile.mapping import OnnxIndex
-    from pipeline.pruning import measure_ort_latency
+    from pipeline.prune_int8 import (THRESHOLD, choose_fix, compare_modules, holders, int8_rows, measure_batch1,
+                                     quantize_int8, ratio)
     from pipeline.recipe import load_recipe
     from pipeline.runner import Runner
     from pipeline.stages.data import read_splits, run_data
@@ -82,10 +71,11 @@ def main(argv=None) -> int:
     from pipeline.stages.models import load_model
     from pipeline.stages.prune import run_prune
     from pipeline.stages.teacher import run_teacher
-    from targets.onnxruntime import quantize_qdq
 
     size = [f"prune.ratio={a.ratio}"] if a.ratio is not None else [f"prune.target_macs_ratio={a.target_macs}"]
-    base_sets = [*size, f"prune.recovery.epochs={a.recovery_epochs}", f"distill.epochs={a.distill_epochs}", *a.sets]
+    # prune.int8_check=false: this script measures every round_to itself, with longer runs than the stage's check
+    base_sets = [*size, f"prune.recovery.epochs={a.recovery_epochs}", f"distill.epochs={a.distill_epochs}",
+                 "prune.int8_check=false", *a.sets]
     runner = Runner(a.out)
     recipe0 = load_recipe(None, sets=["prune.enabled=true", *base_sets])
     data = run_data(runner, recipe0)
@@ -93,15 +83,17 @@ def main(argv=None) -> int:
     student = run_distill(runner, recipe0, data, teacher)
     splits = read_splits(data)
     example = torch.from_numpy(splits.x_test[:1])
-    calib = splits.x_train[:256]
+    calib = splits.x_train[:recipe0.calibration.samples]
+    bench = recipe0.benchmark.model_copy(update={"repeats": a.repeats, "warmup": 50, "min_iters": 200,
+                                                 "min_time_s": 0.5})
     result = {"kind": "prune-int8-benchmark", "prune": size, "threads": a.threads,
               "runtime": "onnxruntime (U8S8 QDQ, CPUExecutionProvider)", "batch": 1, "source": "measured",
               "variants": {}}
     with tempfile.TemporaryDirectory(prefix="prune-int8-") as tmp_name:
         tmp = Path(tmp_name)
-        models, macs, info = {}, {}, {}
+        fp32, macs, info = {}, {}, {}
         export_onnx(load_model(student.dir), example, tmp / "unpruned.onnx", recipe0.export.opset)
-        models["unpruned"] = tmp / "unpruned.onnx"
+        fp32["unpruned"] = tmp / "unpruned.onnx"
         for rt in a.round_to:
             recipe = load_recipe(None, sets=["prune.enabled=true", f"prune.round_to={rt}", *base_sets])
             pruned = run_prune(runner, recipe, data, teacher, student)
@@ -110,43 +102,39 @@ def main(argv=None) -> int:
             info[rt] = {"channels": pm.get("channels"), "test_accuracy": pm.get("test_accuracy"),
                         "test_accuracy_before": pm.get("test_accuracy_before")}
             export_onnx(load_model(pruned.dir), example, tmp / f"pruned_r{rt}.onnx", recipe.export.opset)
-            models[f"pruned_r{rt}"] = tmp / f"pruned_r{rt}.onnx"
-        for k in list(models):
-            quantize_qdq(models[k], tmp / f"{k}_int8.onnx", calib)
-            models[f"{k}_int8"] = tmp / f"{k}_int8.onnx"
-        lat = measure_ort_latency(models, splits.x_test[:32], (1,), threads=a.threads, repeats=a.repeats, warmup=50,
-                                  min_iters=200, min_time_s=0.5)
-        p50 = {k: v["batch1"]["p50_ms"] for k, v in lat.items()}
-        profiles = {k: {"vp": ort_profile.profile(models[k], a.threads, iterations=300),
-                        "index": OnnxIndex.from_onnx(models[k.replace("_int8", "")])}
-                    for k in models if k.endswith("_int8")}
+            fp32[f"pruned_r{rt}"] = tmp / f"pruned_r{rt}.onnx"
+        int8 = {k: quantize_int8(p, tmp / f"{k}_int8.onnx", calib, recipe0.calibration) for k, p in fp32.items()}
+        lat = measure_batch1(fp32, int8, splits.x_test[:32], a.threads, bench)
+        rows = {k: int8_rows(int8[k], fp32[k], a.threads, iterations=300) for k in int8}
     print(f"{'round_to':>8s} {'MACs':>7s} {'FP32 ratio':>10s} {'INT8 ratio':>10s}  unpruned INT8 "
-          f"{p50['unpruned_int8']:.4f} ms, FP32 {p50['unpruned']:.4f} ms ({a.threads} thread(s), batch 1, measured)")
-    best = None
+          f"{lat['unpruned']['int8']['p50_ms']:.4f} ms, FP32 {lat['unpruned']['fp32']['p50_ms']:.4f} ms "
+          f"({a.threads} thread(s), batch 1, measured)")
     for rt in a.round_to:
         k = f"pruned_r{rt}"
-        r_fp32, r_int8 = p50[k] / p50["unpruned"], p50[f"{k}_int8"] / p50["unpruned_int8"]
-        layers = _module_ratios(profiles["unpruned_int8"], profiles[f"{k}_int8"])
-        result["variants"][rt] = {"macs_ratio": macs[rt], "fp32_ratio": r_fp32, "int8_ratio": r_int8,
-                                  "fp32_ms": p50[k], "int8_ms": p50[f"{k}_int8"], "layers": layers, **info[rt]}
-        print(f"{rt:8d} {macs[rt]:6.3f}x {r_fp32:9.3f}x {r_int8:9.3f}x  channels {info[rt]['channels']}")
-        if best is None or r_int8 < result["variants"][best]["int8_ratio"]:
-            best = rt
+        v = {"round_to": rt, "macs_ratio": macs[rt], "fp32_ratio": ratio(lat, k, "unpruned", "fp32"),
+             "int8_ratio": ratio(lat, k, "unpruned", "int8"), "fp32_ms": lat[k]["fp32"]["p50_ms"],
+             "int8_ms": lat[k]["int8"]["p50_ms"], "layers": compare_modules(rows["unpruned"], rows[k], THRESHOLD),
+             **info[rt]}
+        result["variants"][rt] = v
+        print(f"{rt:8d} {v['macs_ratio']:6.3f}x {v['fp32_ratio']:9.3f}x {v['int8_ratio']:9.3f}x  "
+              f"channels {info[rt]['channels']}")
     first = a.round_to[0]
     v0 = result["variants"][first]
     above = v0["int8_ratio"] > THRESHOLD
+    mods, fixed = holders(v0["layers"], n=6)
     print(f"\nINT8 ratio {v0['int8_ratio']:.3f}x {'>' if above else '<='} {THRESHOLD}x with round_to={first}. "
-          "Per-layer profile (ONNX Runtime profiler, INT8 kernel ms), modules that keep the INT8 time "
-          "(sorted by pruned ms - half the unpruned ms):")
-    for r in v0["layers"][:6]:
+          "Per-layer profile (ONNX Runtime profiler, INT8 kernel ms): modules above the threshold's share of their "
+          "unpruned time, then the Q/DQ/reformat/call-overhead rows that do not shrink:")
+    for r in [*mods, *fixed]:
         print(f"  {r['module']:36s} {r['unpruned_ms']:.4f} -> {r['pruned_ms']:.4f} ms"
               + (f" ({r['ratio']:.2f}x)" if r["ratio"] is not None else ""))
     if above:
-        vb = result["variants"][best]
-        if best != first and vb["int8_ratio"] < v0["int8_ratio"]:
-            print(f"fix found: prune.round_to={best} -> INT8 ratio {vb['int8_ratio']:.3f}x at {vb['macs_ratio']:.3f}x "
-                  f"MACs (was {v0['int8_ratio']:.3f}x); set --set prune.round_to={best}")
-            result["fix"] = {"prune.round_to": best, "int8_ratio": vb["int8_ratio"]}
+        best = choose_fix(v0, [v for rt, v in result["variants"].items() if rt != first])
+        if best:
+            print(f"fix found: prune.round_to={best['round_to']} -> INT8 ratio {best['int8_ratio']:.3f}x at "
+                  f"{best['macs_ratio']:.3f}x MACs (was {v0['int8_ratio']:.3f}x); set --set "
+                  f"prune.round_to={best['round_to']}")
+            result["fix"] = {"prune.round_to": best["round_to"], "int8_ratio": best["int8_ratio"]}
         else:
             print("no round_to tried here lowers the INT8 ratio; the rows above are what stays")
             result["fix"] = None

@@ -305,6 +305,7 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
         if g.get("drop_exceeds_budget") and (t.get("gate") or {}).get("decision") == "pass":
             notes.append(f"{name}: {g['reason']}")
     from pipeline.device_results import merge_into  # imported device results outlive a rebuilt run.json
+    from pipeline.prune_int8 import summary_record
 
     return merge_into({
         "schema_version": RUN_SCHEMA_VERSION,
@@ -318,6 +319,7 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
         "skipped_targets": skipped,
         "failed_targets": failed,
         "notes": notes,
+        "prune": summary_record(pruned.metrics),
         "environment": environment(),
         "data": data.metrics,
     }, runner.out)

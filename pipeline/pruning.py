@@ -20,6 +20,11 @@ against PyTorch); when the forward fails, each channel group is pruned alone on 
 that break it, those are excluded (named in the stage notes) and pruning runs again. If the model still
 fails, the stage stops with a :class:`PipelineError` naming the layers; no artifact is written.
 
+With ``benchmark.enabled`` the FP32 latency before/after is measured with ONNX Runtime; structured pruning
+also runs the INT8 check (``prune.int8_check``, :mod:`pipeline.prune_int8`): INT8 latency ratio beside the
+MACs ratio and, when it stays above ``prune.int8_threshold``, the modules that hold it and a measured
+``prune.round_to`` fix (candidates pruned by :func:`prune_copy`, offered in a note, never applied).
+
 Unstructured (``prune.method: unstructured``) zeroes the smallest-magnitude weights of conv/linear layers
 with ``torch.nn.utils.prune`` (global or per layer), keeps the masks during recovery, then makes them
 permanent. Dense runtimes (ONNX Runtime, OpenVINO, TensorRT, LiteRT) do not run such a model faster.
@@ -28,9 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
-import statistics
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.measure.in_process import measure_ort_latency
 from pipeline.models.measure import count_macs, count_params
 from pipeline.train import accuracy, predict
 
@@ -400,59 +404,6 @@ def sparsity_report(model: nn.Module) -> dict[str, Any]:
     return {"layers": layers, "overall": zeros / max(total, 1), "zeros": zeros, "weights": total}
 
 
-# --------------------------------------------------------------------------------------------- latency
-
-
-def measure_ort_latency(models: dict[str, Path], x: np.ndarray, batches: tuple[int, ...] = (1, 32), threads: int = 1,
-                        repeats: int = 3, warmup: int = 20, min_iters: int = 50, min_time_s: float = 0.5,
-                        max_time_s: float = 20.0) -> dict[str, dict[str, Any]]:
-    """ONNX Runtime FP32 latency of several ONNX files, measured in this process, interleaved.
-
-    Every repeat runs every (model, batch) case once in turn (order reversed on odd repeats), so a busy
-    neighbour slows all cases alike; a case = `warmup` runs, then timed runs until `min_iters` and
-    `min_time_s` are both met (or `max_time_s`). Reported: median of the per-repeat medians.
-    """
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    sessions = {k: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for k, p in models.items()}
-    feeds = {b: np.ascontiguousarray(np.resize(x, (b, *x.shape[1:])).astype(np.float32)) for b in batches}
-    per_repeat: dict[tuple[str, int], list[float]] = {(k, b): [] for k in models for b in batches}
-    names = list(models)
-    for r in range(repeats):
-        for k in (names if r % 2 == 0 else names[::-1]):
-            sess = sessions[k]
-            inp = sess.get_inputs()[0].name
-            for b in batches:
-                feed = {inp: feeds[b]}
-                for _ in range(warmup):
-                    sess.run(None, feed)
-                times: list[float] = []
-                start = time.perf_counter()
-                while True:
-                    t0 = time.perf_counter()
-                    sess.run(None, feed)
-                    times.append(time.perf_counter() - t0)
-                    spent = time.perf_counter() - start
-                    if (len(times) >= min_iters and spent >= min_time_s) or spent >= max_time_s:
-                        break
-                per_repeat[(k, b)].append(statistics.median(times) * 1000.0)
-    out: dict[str, dict[str, Any]] = {}
-    for k in names:
-        out[k] = {}
-        for b in batches:
-            reps = per_repeat[(k, b)]
-            out[k][f"batch{b}"] = {"p50_ms": statistics.median(reps), "repeat_p50_ms": [round(v, 5) for v in reps],
-                                   "batch": b, "threads": threads, "runtime": "onnxruntime",
-                                   "runtime_version": ort.__version__, "precision": "fp32",
-                                   "source": "measured"}
-    return out
-
-
 # --------------------------------------------------------------------------------------------- the stage
 
 
@@ -545,6 +496,47 @@ def _run_structured(job: _Job) -> tuple[nn.Module, dict[str, float]]:
         ctx.notes.append(f"structured pruning: {', '.join(kept)} kept all their output channels (tied to an excluded "
                          "layer, or too few channels left after rounding to prune.round_to)")
     return pruned, no_recovery
+
+
+def prune_copy(job: _Job, round_to: int) -> nn.Module:
+    """The unpruned student pruned to the recipe's goal with another round_to, without recovery (the INT8
+    fix search: latency does not depend on the weights); raises PipelineError when it is not possible."""
+    cfg = job.recipe.prune.model_copy(update={"round_to": round_to})
+    pruned, pruner, _ = start_structured(job.model, job.example, job.check_x, job.num_classes, cfg, job.shape)
+    for i in range(2, cfg.steps + 1):
+        pruner.run_round(i)
+    check_forward(pruned, job.check_x, job.num_classes)
+    return pruned
+
+
+def _int8_check(job: _Job, m: dict, tmp: Path, threads: int) -> None:
+    """prune.int8_check: INT8 latency ratio beside the MACs ratio; the round_to fix when it stays high."""
+    from pipeline.prune_int8 import check_timing, int8_check
+    from pipeline.stages.export import export_onnx
+
+    recipe, splits = job.recipe, job.splits
+    base_macs = _macs(job.model, job.shape)
+
+    def prune_fn(round_to: int, path: Path) -> float:
+        model = prune_copy(job, round_to)
+        export_onnx(model, job.example, path, recipe.export.opset)
+        return _macs(model, job.shape) / base_macs
+
+    try:
+        check = int8_check(tmp / "before.onnx", tmp / "after.onnx", m["macs_ratio"], recipe.prune.round_to,
+                           recipe.prune.target_macs_ratio, prune_fn, splits.x_train[:recipe.calibration.samples],
+                           recipe.calibration, splits.x_test[:32], threads, check_timing(recipe.benchmark), tmp,
+                           threshold=recipe.prune.int8_threshold)
+    except Exception as e:  # noqa: BLE001 - a diagnostic: its failure is reported, the pruned student still ships
+        m["int8_check"] = {"error": _failure_text(e)}
+        m["int8_latency_ratio"] = m["int8_fix"] = None
+        job.ctx.notes.append(f"prune: the INT8 check failed ({_failure_text(e)}); INT8 latency not measured "
+                             "(prune.int8_check=false skips it)")
+        return
+    m["int8_check"] = check
+    m["int8_latency_ratio"] = check["current"]["int8_ratio"]
+    m["int8_fix"] = check.get("int8_fix")
+    job.ctx.notes.append(check["note"])
 
 
 def _run_unstructured(job: _Job) -> tuple[nn.Module, dict[str, float]]:
@@ -658,9 +650,13 @@ def prune_student(ctx, recipe, data, teacher, student) -> None:
                                       (1, 32), threads, b.repeats, b.warmup, b.min_iters, b.min_time_s, b.max_time_s)
             m["latency_ms"] = lat
             m["latency_ratio"] = {k: lat["after"][k]["p50_ms"] / lat["before"][k]["p50_ms"] for k in lat["after"]}
+            if cfg.method == "structured" and cfg.int8_check:
+                _int8_check(job, m, tmp, threads)
         else:
             m["latency_ms"] = m["latency_ratio"] = None
             ctx.notes.append("prune: latency before/after not measured (benchmark.enabled=false)")
+        if not (b.enabled and cfg.method == "structured" and cfg.int8_check):
+            m["int8_latency_ratio"] = m["int8_fix"] = None
 
     save_model(pruned, ctx.dir, info["spec"], info["kwargs"], c, n, pruned=cfg.method == "structured")
     # Reload what was written and compare logits: never hand on an artifact that does not load back.

@@ -117,6 +117,13 @@ class PruneConfig(Section):
     steps: int = Field(1, ge=1, le=100)
     round_to: Optional[int] = Field(8, ge=1, le=1024)
     exclude: list[str] = Field(default_factory=list, description="module paths never pruned (the classifier always is)")
+    # Structured + benchmark.enabled: also measure the INT8 latency ratio (ONNX Runtime U8S8 QDQ, batch 1); above
+    # int8_threshold, name the modules that hold it and measure other round_to values as the fix (offered, never
+    # applied). Costs a few seconds on small students (pipeline/prune_int8.py).
+    int8_check: bool = Field(True, description="measure INT8 latency before/after structured pruning and, when it "
+                                               "does not follow the MACs, search a round_to that does")
+    int8_threshold: float = Field(0.75, gt=0, le=10, description="INT8 latency ratio (pruned/unpruned) above which "
+                                                                 "the prune stage names the modules and searches a fix")
     # KD recovery after pruning (with the distill losses). Measured on digits, default student, ratio 0.5 (0.25x
     # MACs): 30 epochs at lr 0.02 lost no test accuracy for seeds 0, 1, 2; 10-20 epochs lost 0.6-1.7 points (seed 0).
     recovery: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=30, lr=0.02))

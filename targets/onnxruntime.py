@@ -93,6 +93,21 @@ def quantize_qdq(fp32_onnx, out_onnx, calibration: np.ndarray, *, method: str = 
     return Path(out_onnx)
 
 
+def quantize_u8s8(fp32_onnx, out_onnx, calibration: np.ndarray, calib, exclude: Sequence[str] = ()) -> Path:
+    """This target's INT8 model: ORT's pre-pass, then U8S8 QDQ with the recipe's calibration settings
+    (`calib`: method, percentile, bins). The prune stage's INT8 check (pipeline/prune_int8.py) uses it too."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out_onnx = Path(out_onnx)
+    pre = out_onnx.with_name(out_onnx.stem + ".preprocessed.onnx")  # ORT's recommended pre-pass (fusions, shapes)
+    quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
+    try:
+        return quantize_qdq(pre, out_onnx, calibration, method=calib.method, percentile=calib.percentile,
+                            bins=calib.bins, activation="u8", symmetric=False, exclude=exclude)
+    finally:
+        pre.unlink(missing_ok=True)
+
+
 def fp32_onnx_copy(req: QuantizeRequest) -> BuiltModel:
     """The FP32 baseline of the ONNX-based backends is the exported ONNX itself."""
     req.out_dir.mkdir(parents=True, exist_ok=True)
@@ -110,15 +125,9 @@ class OnnxRuntimeBackend(Backend):
         return fp32_onnx_copy(req)
 
     def quantize(self, req: QuantizeRequest) -> BuiltModel:
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
         req.out_dir.mkdir(parents=True, exist_ok=True)
-        pre = req.out_dir / "preprocessed.onnx"  # ORT's recommended pre-pass (fusions, shapes)
-        quant_pre_process(str(req.fp32_onnx), str(pre), skip_symbolic_shape=True)
-        out = quantize_qdq(pre, req.out_dir / "model_int8.onnx", req.calibration, method=req.calib.method,
-                           percentile=req.calib.percentile, bins=req.calib.bins, activation="u8",
-                           symmetric=False, exclude=req.exclude_layers)
-        pre.unlink()
+        out = quantize_u8s8(req.fp32_onnx, req.out_dir / "model_int8.onnx", req.calibration, req.calib,
+                            exclude=req.exclude_layers)
         return BuiltModel(model_file=out, files=[out], precision="mixed" if req.exclude_layers else "int8",
                           numerics="onnxruntime",
                           info={"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel",

@@ -296,6 +296,191 @@ def test_round_to_that_would_empty_every_layer_is_an_error(inputs, tmp_path):
     assert not (tmp_path / "prune_out" / "model.pt").exists()
 
 
+# --------------------------------------------------------------------------------------------- INT8 check
+
+
+def _assert_measured(lat: dict, precision: str) -> None:
+    assert lat["source"] == "measured" and lat["runtime"] == "onnxruntime" and lat["runtime_version"]
+    assert lat["batch"] == 1 and lat["p50_ms"] > 0 and lat["precision"].startswith(precision)
+
+
+def test_int8_check_names_modules_and_offers_a_measured_round_to_fix(inputs, tmp_path):
+    # threshold forced down: the search runs whatever this host's timings are (only structure is checked)
+    ctx = _prune(inputs, tmp_path, ["prune.ratio=0.5", "prune.round_to=8", "prune.int8_threshold=0.001"])
+    m = ctx.metrics
+    check = m["int8_check"]
+    assert check["above_threshold"] is True and check["threshold"] == 0.001
+    assert m["int8_latency_ratio"] == check["current"]["int8_ratio"] > 0
+    assert check["current"]["macs_ratio"] == m["macs_ratio"] and check["current"]["round_to"] == 8
+    for when in ("before", "after"):
+        _assert_measured(check["latency_ms"][when]["fp32"], "fp32")
+        _assert_measured(check["latency_ms"][when]["int8"], "int8")
+    # per-module comparison from the two INT8 profiles, mapped to the student's module paths
+    convs = set(_convs(load_model(inputs["student"].dir)))
+    assert {r["module"] for r in check["modules"]} & convs
+    assert [r["kept_ms"] for r in check["modules"]] == sorted((r["kept_ms"] for r in check["modules"]), reverse=True)
+    assert all(not r["overhead"] and r["kept_ms"] > 0 for r in check["held_by"])
+    # the fix search: every other round_to tried, each measured or skipped with a reason, nothing applied
+    fix = m["int8_fix"]
+    assert fix["applied"] is False and fix["source"] == "measured"
+    assert [c["round_to"] for c in fix["candidates"]] == [4, 16, 32]
+    measured = [c for c in fix["candidates"] if "skipped" not in c]
+    assert measured, fix["candidates"]
+    for c in fix["candidates"]:
+        if "skipped" in c:
+            assert c["skipped"] and "int8_ratio" not in c and c["chosen"] is False
+        else:
+            assert {"macs_ratio", "fp32_ratio", "int8_ratio", "fp32_ms", "int8_ms"} <= set(c)
+            assert c["macs_ratio"] <= m["macs_ratio"] + 0.2
+    best = min(measured, key=lambda c: c["int8_ratio"])
+    note = next(n for n in ctx.notes if n.startswith("prune: INT8 latency"))
+    assert "prune.int8_check=false" in note
+    if best["int8_ratio"] < fix["current"]["int8_ratio"]:
+        assert fix["chosen"] is best and best["chosen"] is True
+        assert f"measured fix: prune.round_to={best['round_to']}" in note
+        assert f"--set prune.round_to={best['round_to']}" in note
+    else:
+        assert fix["chosen"] is None and "no round_to tried" in note
+    # the saved artifact is the recipe's round_to: the fix is offered, never applied
+    assert all(c % 8 == 0 for name, (cin, c) in _channels_of(ctx.dir).items() if name != "fc")
+    # run.json `prune` and the report tables built from it
+    from pipeline.prune_int8 import summary_record
+    from pipeline.report.render import write_report
+
+    rec = summary_record(m)
+    assert rec["int8_latency_ratio"] == m["int8_latency_ratio"] and rec["int8_fix"] == fix
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({
+        "schema_version": "1", "name": "p", "created": "2026-01-01T00:00:00+0000", "seconds": 1, "stages": [],
+        "artifacts": [], "targets": {}, "skipped_targets": {}, "failed_targets": {}, "notes": ctx.notes,
+        "prune": rec}, default=str))
+    rep = write_report(run, tmp_path / "rep")
+    md, page = rep.markdown.read_text(), rep.html.read_text()
+    assert "## Pruning: INT8 latency vs MACs" in md and "## Pruning: what holds the INT8 ratio" in md
+    assert f"| 8 | {m['macs_ratio']:.3f}x |" in md
+    for c in fix["candidates"]:
+        assert f"| {c['round_to']} |" in md
+    assert ("offered fix (not applied)" in md) == (fix["chosen"] is not None)
+    assert "<h2>Pruning: INT8 latency vs MACs</h2>" in page
+
+
+def _channels_of(folder: Path) -> dict[str, list[int]]:
+    from pipeline.pruning import layer_channels
+
+    return layer_channels(load_model(folder))
+
+
+def test_int8_check_below_threshold_and_off_offer_nothing(inputs, tmp_path):
+    (tmp_path / "a").mkdir()
+    ctx = _prune(inputs, tmp_path / "a", ["prune.ratio=0.5", "prune.int8_threshold=10"])
+    m = ctx.metrics
+    assert m["int8_check"]["above_threshold"] is False and m["int8_latency_ratio"] > 0
+    assert m["int8_fix"] is None and "modules" not in m["int8_check"]
+    assert any(n.startswith("prune: INT8 latency") and "no fix searched" in n for n in ctx.notes)
+
+    (tmp_path / "b").mkdir()
+    ctx = _prune(inputs, tmp_path / "b", ["prune.ratio=0.5", "prune.int8_check=false", "prune.int8_threshold=0.001"])
+    m = ctx.metrics
+    assert m["latency_ratio"] is not None  # FP32 still measured
+    assert m["int8_latency_ratio"] is None and m["int8_fix"] is None and "int8_check" not in m
+    assert not any("INT8" in n for n in ctx.notes)
+
+
+def test_choose_fix_picks_the_lowest_measured_int8_ratio():
+    from pipeline.prune_int8 import choose_fix
+
+    current = {"round_to": 4, "int8_ratio": 1.01}
+    cands = [{"round_to": 8, "int8_ratio": 0.93}, {"round_to": 16, "int8_ratio": 0.72},
+             {"round_to": 32, "skipped": "pruning removed every channel"}]
+    assert choose_fix(current, cands) is cands[1]
+    assert choose_fix({"int8_ratio": 0.7}, cands) is None  # nothing beats the current round_to
+    assert choose_fix(current, [cands[2]]) is None
+
+
+def test_compare_modules_ranks_what_holds_the_int8_ratio():
+    from pipeline.prune_int8 import compare_modules, holders
+
+    def row(label, ms, kind="compute", qdq=0.0):
+        return {"label": label, "int8_ms": ms, "ops": [{"kind": kind}], "overhead_ms": {"int8": qdq}}
+
+    unpruned = [row("layer1.0.conv1", 0.023), row("layer3.0.conv1", 0.1, qdq=0.01),
+                row("unmapped quantize: QuantizeLinear", 0.004, "quantize")]
+    pruned = [row("layer1.0.conv1", 0.033), row("layer3.0.conv1", 0.04, qdq=0.01),
+              row("unmapped quantize: QuantizeLinear", 0.004, "quantize")]
+    rows = compare_modules(unpruned, pruned, threshold=0.75)
+    assert rows[0]["module"] == "layer1.0.conv1" and rows[0]["ratio"] == pytest.approx(1.435, abs=1e-3)
+    mods, fixed = holders(rows)
+    assert [r["module"] for r in mods] == ["layer1.0.conv1"]  # layer3 shrank below 0.75x: not a holder
+    assert [r["module"] for r in fixed] == ["unmapped quantize: QuantizeLinear"]
+    assert next(r for r in rows if r["module"] == "layer3.0.conv1")["qdq_ms"] == {"unpruned": 0.01, "pruned": 0.01}
+
+
+def _conv_onnx(path: Path, channels: int) -> Path:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(channels * 64, 10))
+    export_onnx(model.eval(), torch.zeros(1, 1, 8, 8), path, 17)
+    return path
+
+
+def test_search_round_to_skips_impossible_and_far_candidates(tmp_path):
+    from pipeline.prune_int8 import check_timing, quantize_int8, search_round_to
+
+    recipe = load_recipe(None, sets=["benchmark.repeats=1", "benchmark.warmup=1", "benchmark.min_iters=3",
+                                     "benchmark.min_time_s=0.001"])
+    calib = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype(np.float32)
+    fp32 = {"before": _conv_onnx(tmp_path / "before.onnx", 32), "after": _conv_onnx(tmp_path / "after.onnx", 8)}
+    int8 = {k: quantize_int8(p, tmp_path / f"{k}_int8.onnx", calib, recipe.calibration) for k, p in fp32.items()}
+
+    def prune_fn(round_to: int, path: Path) -> float:  # what prune_copy + export do, on hand-built widths
+        if round_to == 4:
+            raise PipelineError("pruning removed every channel of conv")
+        _conv_onnx(path, round_to)
+        return round_to / 64
+
+    fix = search_round_to({"round_to": 8, "macs_ratio": 0.25, "int8_ratio": 1.0}, fp32, int8, prune_fn, None, calib,
+                          recipe.calibration, calib[:4], 1, check_timing(recipe.benchmark), tmp_path)
+    c4, c16, c32 = fix["candidates"]
+    assert [c["round_to"] for c in fix["candidates"]] == [4, 16, 32]  # 8 is the current one
+    assert "every channel" in c4["skipped"] and "macs_ratio" not in c4
+    assert c16["macs_ratio"] == 0.25 and c16["int8_ratio"] > 0 and c16["fp32_ratio"] > 0 and "skipped" not in c16
+    assert "misses the recipe's pruned model (0.250x)" in c32["skipped"] and "int8_ratio" not in c32
+    assert fix["current"]["int8_ratio"] > 0 and fix["current"]["round_to"] == 8
+    assert (fix["chosen"] is c16) == (c16["int8_ratio"] < fix["current"]["int8_ratio"])
+    assert fix["applied"] is False
+
+
+def test_note_line_names_holders_and_the_fix():
+    from pipeline.prune_int8 import note_line
+
+    def row(name, u, p, overhead=False):
+        return {"module": name, "unpruned_ms": u, "pruned_ms": p, "ratio": p / u, "overhead": overhead}
+
+    check = {"current": {"int8_ratio": 1.008, "macs_ratio": 0.365, "fp32_ratio": 0.7}, "runtime_version": "1.32.0",
+             "threads": 1, "threshold": 0.75, "above_threshold": True, "seconds": 8.4,
+             "held_by": [row(f"layer1.{i}.conv1", 0.023, 0.033) for i in range(5)],
+             "qdq_not_shrinking": [row("(runtime call overhead)", 0.005, 0.005, True)],
+             "int8_fix": {"candidates": [{"round_to": 16}], "chosen": {"round_to": 16, "int8_ratio": 0.715,
+                                                                      "macs_ratio": 0.523}}}
+    note = note_line(check)
+    assert note.startswith("prune: INT8 latency 1.01x at 0.36x MACs")
+    assert "held by layer1.0.conv1 (0.0230 -> 0.0330 ms, 1.43x), layer1.1.conv1" in note
+    assert "and 2 more module(s), (runtime call overhead)" in note
+    assert ("measured fix: prune.round_to=16 gives INT8 0.71x at 0.52x MACs (rerun with --set prune.round_to=16)"
+            in note)
+    assert "8.4 s" in note
+    check["int8_fix"] = {"candidates": [{"round_to": 16}], "chosen": None}
+    assert "no round_to tried (16) lowers the INT8 ratio" in note_line(check)
+
+
+def test_prune_stage_cache_key_covers_the_int8_check_code():
+    from pipeline.code_closure import code_files
+    from pipeline.stages import prune as prune_stage
+
+    files = {Path(f).name for f in code_files([prune_stage.run_prune])}
+    assert {"pruning.py", "prune_int8.py", "onnxruntime.py"} <= files
+
+
 # --------------------------------------------------------------------------------------------- unstructured
 
 
@@ -348,3 +533,10 @@ def test_cli_run_with_pruning_records_pruned_model(tmp_path):
     assert student["macs"] == pm["macs"] < dm["macs"]
     assert pm["macs_before"] == dm["macs"]
     assert json.loads((out / stage["dir"] / "model.json").read_text())["kind"] == "pruned"
+    # the INT8 check (on by default) reaches run.json `prune` and the stage notes
+    rec = run["prune"]
+    assert rec["macs_ratio"] == pm["macs_ratio"] and rec["int8_latency_ratio"] == pm["int8_latency_ratio"] > 0
+    assert rec["int8_check"]["source"] == "measured" and rec["int8_check"]["runtime"] == "onnxruntime"
+    assert (rec["int8_fix"] is not None) == rec["int8_check"]["above_threshold"]
+    assert any(n.startswith("prune: INT8 latency") for n in stage["notes"])
+    assert "## Pruning: INT8 latency vs MACs" in (out / "report.md").read_text()

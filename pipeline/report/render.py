@@ -14,6 +14,7 @@ from pipeline.artifacts import atomic_write_bytes, atomic_write_text
 from pipeline.report.data import (SOURCE_MEANING, accuracy_latency_points, bench_cases, device_rows, load_run,
                                   single_figures, size_bars)
 from pipeline.report.profile_table import profile_sections
+from pipeline.report.prune_table import prune_int8_sections
 from pipeline.stats import format_ci
 from pipeline.summary import markdown_table, summary_rows
 
@@ -188,7 +189,7 @@ def render_markdown(summary: dict, figs: list[Figure], extra_notes: list[str]) -
             md += [f"**{f.table_title}**", "", markdown_table(f.table)]
     if quantize_mode_rows(summary):
         md += ["## Quantization: PTQ vs QAT", "", markdown_table(quantize_mode_rows(summary)), ""]
-    for title, cap, prows in profile_sections(summary):
+    for title, cap, prows in [*prune_int8_sections(summary), *profile_sections(summary)]:
         md += [f"## {title}", "", f"*{_one_line(cap)}*", "", markdown_table(prows)]
     md += ["## Summary", "", "Latency source and memory source are given for every row; `—` = not available.", "",
            markdown_table(rows) if rows else "no artifacts",
@@ -242,9 +243,10 @@ def render_html(summary: dict, figs: list[Figure], extra_notes: list[str]) -> st
             parts.append(f"<h3>{e(f.table_title)}</h3>" + _html_table(f.table, right))
     if quantize_mode_rows(summary):
         parts += ["<h2>Quantization: PTQ vs QAT</h2>", _html_table(quantize_mode_rows(summary), right)]
-    for title, cap, prows in profile_sections(summary):
+    for title, cap, prows in [*prune_int8_sections(summary), *profile_sections(summary)]:
         parts.append(f"<h2>{e(title)}</h2><p class=sources>{e(_one_line(cap))}</p>"
-                     + _html_table(prows, {"float ms", "int8 ms", "int8/float", "reformat/Q/DQ ms (int8)"}))
+                     + _html_table(prows, {"float ms", "int8 ms", "int8/float", "reformat/Q/DQ ms (int8)", "MACs ratio",
+                                           "FP32 ratio", "INT8 ratio", "unpruned INT8 ms", "pruned INT8 ms", "ratio"}))
     parts += ["<h2>Summary</h2><p class=sources>Latency source and memory source are given for every row; "
               "— = not available.</p>", _html_table(rows, right),
               *(["<h2>Device-measured results</h2><p class=sources>Imported from the device (source "
