@@ -7,7 +7,8 @@ own cached stages (one teacher per dataset + seed, shared by every student of th
   alpha 1 beta 8 T 4``, warm-up scaled from mdistiller's 20-of-240 epochs): same epochs, same schedule,
   same seed (same split, same initial weights); test accuracy per seed, mean and std;
 - the KD student pruned (structured, ``prune.ratio``) and recovered vs unpruned: params, MACs, ONNX Runtime
-  FP32 latency measured by the prune stage (interleaved, batch 1 and 32), test accuracy;
+  FP32 latency measured by the prune stage (interleaved, batch 1 and 32), its INT8 batch-1 latency ratio and
+  the round_to fix it offers when INT8 stays above 0.75x, test accuracy;
 - INT8 per target (ONNX Runtime, Jetson/TensorRT QDQ, x86/OpenVINO, Raspberry Pi/LiteRT where their
   backends work here): test accuracy of the INT8 artifact in its own runtime minus the FP32 student's.
 
@@ -139,6 +140,9 @@ def run_dataset(a, name: str, console) -> dict[str, Any]:
                     "macs_before": pm["macs_before"], "macs": pm["macs"], "params_ratio": pm["params_ratio"],
                     "macs_ratio": pm["macs_ratio"], "latency_ratio": lr.get("batch1"),
                     "latency_ratio_batch32": lr.get("batch32"),
+                    # INT8 (onnxruntime U8S8, batch 1) measured by the prune stage's own INT8 check, with the
+                    # round_to fix it offers when the INT8 ratio stays above prune.int8_threshold
+                    "int8_latency_ratio": pm.get("int8_latency_ratio"), "int8_fix": pm.get("int8_fix"),
                     "latency_ms": {k: {b: v[b]["p50_ms"] for b in v} for k, v in lat.items()},
                     "test_accuracy_before": pm["test_accuracy_before"], "test_accuracy": pm["test_accuracy"],
                     "test_accuracy_no_recovery": pm.get("test_accuracy_no_recovery"),
@@ -193,7 +197,8 @@ def run_dataset(a, name: str, console) -> dict[str, Any]:
     elif prune_rows:
         good = [r for r in prune_rows if "error" not in r]
         summary: dict[str, Any] = {"ratio": a.prune_ratio, "recovery_epochs": a.recovery_epochs, "runs": prune_rows}
-        for k in ("params_ratio", "macs_ratio", "latency_ratio", "latency_ratio_batch32", "accuracy_drop"):
+        for k in ("params_ratio", "macs_ratio", "latency_ratio", "latency_ratio_batch32", "int8_latency_ratio",
+                  "accuracy_drop"):
             vals = [r[k] for r in good if r.get(k) is not None]
             summary[k] = statistics.fmean(vals) if vals else None
         res["prune"] = summary
@@ -229,20 +234,25 @@ def tables(result: dict) -> str:
         if "skipped" in p:
             lines.append(f"pruning: skipped ({p['skipped']})")
         elif p:
-            lines += ["| pruned (KD student, seed) | params | MACs | batch-1 latency | batch-32 latency | test acc "
-                      "before -> after (%) |", "|---|---|---|---|---|---|"]
+            lines += ["| pruned (KD student, seed) | params | MACs | batch-1 latency | batch-32 latency | INT8 batch-1 "
+                      "latency | test acc before -> after (%) |", "|---|---|---|---|---|---|---|"]
             for run in p["runs"]:
                 if "error" in run:
-                    lines.append(f"| seed {run['seed']} | error: {run['error']} | | | | |")
+                    lines.append(f"| seed {run['seed']} | error: {run['error']} | | | | | |")
                     continue
                 lr1 = "—" if run["latency_ratio"] is None else f"{run['latency_ratio']:.2f}x"
                 lr32 = "—" if run["latency_ratio_batch32"] is None else f"{run['latency_ratio_batch32']:.2f}x"
+                i8 = run.get("int8_latency_ratio")
+                i8s = "—" if i8 is None else f"{i8:.2f}x"
+                fix = (run.get("int8_fix") or {}).get("chosen")
+                if fix:
+                    i8s += f" (fix offered: round_to={fix['round_to']} -> {fix['int8_ratio']:.2f}x at {fix['macs_ratio']:.2f}x MACs)"
                 lines.append(f"| seed {run['seed']} | {run['params_before']:,} -> {run['params']:,} "
                              f"({run['params_ratio']:.2f}x) | {run['macs_before']:,} -> {run['macs']:,} "
-                             f"({run['macs_ratio']:.2f}x) | {lr1} | {lr32} | {_pct(run['test_accuracy_before'])} -> "
+                             f"({run['macs_ratio']:.2f}x) | {lr1} | {lr32} | {i8s} | {_pct(run['test_accuracy_before'])} -> "
                              f"{_pct(run['test_accuracy'])} |")
             lines.append(f"(structured, prune.ratio={p['ratio']}, {p['recovery_epochs']} KD recovery epochs; "
-                         "latency: ONNX Runtime FP32 measured by the prune stage)")
+                         "latency: ONNX Runtime FP32 and U8S8 INT8 measured by the prune stage, pruned / unpruned)")
         lines.append("")
         if r["int8"]:
             lines += ["| INT8 target | drop per seed (pts) | mean drop (pts) | kept in float |", "|---|---|---|---|"]
