@@ -295,7 +295,8 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
                                  note="FP32 IR run with the bf16 inference hint (this CPU's default); accuracy not evaluated",
                                  model_path=_model_path(runner, b.model_file)))
         targets[p.name] = entry
-    stages = [{k: r[k] for k in ("name", "stage", "cached", "seconds", "key", "dir", "notes")} for r in runner.records]
+    stages = [{k: r.get(k) for k in ("name", "stage", "cached", "seconds", "peak_rss_mb", "key", "dir", "notes")}
+              for r in runner.records]
     # Per-target stages carry "[profile]" in their label: say which target a note is about, once.
     notes = list(dict.fromkeys(
         (f"{r['name'].split('[', 1)[1].rstrip(']')}: {n}" if "[" in r["name"] else n)
