@@ -298,14 +298,43 @@ def as_index(idx) -> Any:
     return np.asarray(idx.cpu().numpy() if hasattr(idx, "cpu") else idx, dtype=np.int64)
 
 
+# Pages of a memory map that were read stay in the process's RSS until the kernel needs them back: an epoch
+# over the training split would hold the whole split resident (measured at 224 px: a whole run's peak RSS grew
+# by the split's uint8 size from 2,000 to 8,000 images). Every RELEASE_EVERY bytes read, the read-only map's
+# pages are handed back (MADV_DONTNEED: they stay in the page cache, a later read faults them in again).
+RELEASE_EVERY = 64 * 2 ** 20
+
+
+def release_pages(images: np.ndarray, nbytes: int) -> bool:
+    """Count `nbytes` read from `images`; when RELEASE_EVERY is reached, drop its mapped pages from this
+    process's RSS. Only for read-only np.memmaps (a copy-on-write map would lose its changes)."""
+    import mmap
+
+    mm = getattr(images, "_mmap", None)
+    if mm is None or getattr(images, "mode", None) != "r" or not hasattr(mmap, "MADV_DONTNEED"):
+        return False
+    read = getattr(images, "_bytes_since_release", 0) + nbytes
+    if read < RELEASE_EVERY:
+        images._bytes_since_release = read  # type: ignore[attr-defined]
+        return False
+    images._bytes_since_release = 0  # type: ignore[attr-defined]
+    try:
+        mm.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError):  # best effort: a platform without madvise on this map keeps its pages
+        return False
+    return True
+
+
 def gather(images: np.ndarray, idx) -> np.ndarray:
     """Rows of a (memory-mapped) array; fancy indices are read in sorted order (sequential pages)."""
     idx = as_index(idx)
     if isinstance(idx, (int, np.integer, slice)):
-        return np.array(images[idx])  # a copy: the map is read-only, torch wants writable memory
-    order = np.argsort(idx, kind="stable")
-    out = np.empty((len(idx), *images.shape[1:]), dtype=images.dtype)
-    out[order] = images[idx[order]]
+        out = np.array(images[idx])  # a copy: the map is read-only, torch wants writable memory
+    else:
+        order = np.argsort(idx, kind="stable")
+        out = np.empty((len(idx), *images.shape[1:]), dtype=images.dtype)
+        out[order] = images[idx[order]]
+    release_pages(images, out.nbytes)
     return out
 
 
