@@ -13,7 +13,13 @@ from conftest import artifact, fast_args, read_run, run_cli
 def test_run_json_has_the_documented_fields(fast_run):
     s = read_run(fast_run)
     for st in s["stages"]:
-        assert {"name", "cached", "seconds"} <= set(st)
+        assert {"name", "cached", "seconds", "peak_rss_mb"} <= set(st)
+    import sys
+
+    if sys.platform.startswith("linux"):  # each stage that ran says its own peak RSS (a model is at least MBs)
+        ran = [st for st in s["stages"] if not st["cached"]]
+        assert ran and all(st["peak_rss_mb"] is None or st["peak_rss_mb"] > 10 for st in ran)
+        assert any(st["peak_rss_mb"] for st in ran)
     for a in s["artifacts"]:
         for k in ("name", "role", "target", "precision", "accuracy", "params", "macs", "size_bytes", "sha256",
                   "latency_ms", "peak_rss_mb", "bundle"):

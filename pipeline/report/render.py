@@ -155,8 +155,11 @@ def _target_notes(summary: dict) -> list[str]:
 
 
 def _stage_rows(summary: dict) -> list[dict[str, str]]:
+    # peak RSS: the pipeline process during the stage (measured, VmHWM reset per stage; children not included)
     return [{"stage": s.get("name", "?"), "cached": "yes" if s.get("cached") else "no",
-             "seconds": f"{float(s.get('seconds') or 0):.2f}"} for s in summary["stages"]]
+             "seconds": f"{float(s.get('seconds') or 0):.2f}",
+             "peak RSS MB": "—" if s.get("peak_rss_mb") is None else f"{float(s['peak_rss_mb']):.0f}"}
+            for s in summary["stages"]]
 
 
 def _md_escape(s: str) -> str:
@@ -228,7 +231,7 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}td.r{text-align:righ
 def render_html(summary: dict, figs: list[Figure], extra_notes: list[str]) -> str:
     e = html.escape
     rows = summary_rows(summary)
-    right = {"accuracy", "vs teacher", "params", "MACs", "size", "p50 ms", "p90 ms", "peak MB", "seconds"}
+    right = {"accuracy", "vs teacher", "params", "MACs", "size", "p50 ms", "p90 ms", "peak MB", "seconds", "peak RSS MB"}
     parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>Run report: {e(summary.get('name', '?'))}"
              f"</title><style>{CSS}</style></head><body>",
              f"<h1>Run report: {e(str(summary.get('name', '?')))}</h1>",
