@@ -3,6 +3,8 @@
 Writing "5" to /proc/self/clear_refs resets the high-water mark to the current RSS (Linux 4.0+), so each
 stage's figure is its own peak, not the run's so far. File-backed pages of memory-mapped data count, as in
 any RSS. Elsewhere (or when the reset is refused) the figure is None, never a guess.
+The reset also resets what the kernel reports as this process's max RSS (ru_maxrss, `/usr/bin/time -v`): for
+a whole run's peak, read run.json's `peak_rss_mb` (the largest stage peak), not an outside timer.
 """
 from __future__ import annotations
 

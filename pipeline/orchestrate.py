@@ -313,6 +313,8 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
         "name": recipe.name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(seconds, 2),
+        # the pipeline process's peak RSS over the stages that ran now (measured; None when all were cached)
+        "peak_rss_mb": max((s["peak_rss_mb"] for s in stages if s.get("peak_rss_mb") is not None), default=None),
         "recipe": recipe.model_dump(mode="json"),
         "stages": stages,
         "artifacts": arts,

@@ -20,6 +20,7 @@ def test_run_json_has_the_documented_fields(fast_run):
         ran = [st for st in s["stages"] if not st["cached"]]
         assert ran and all(st["peak_rss_mb"] is None or st["peak_rss_mb"] > 10 for st in ran)
         assert any(st["peak_rss_mb"] for st in ran)
+        assert s["peak_rss_mb"] == max(st["peak_rss_mb"] for st in ran if st["peak_rss_mb"] is not None)
     for a in s["artifacts"]:
         for k in ("name", "role", "target", "precision", "accuracy", "params", "macs", "size_bytes", "sha256",
                   "latency_ms", "peak_rss_mb", "bundle"):
