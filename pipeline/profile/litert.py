@@ -5,7 +5,8 @@ not exposed, and the wheel ships no benchmark_model binary), so per-op times are
 model k keeps the first k+1 ops of the execution order (its outputs: every tensor those ops produce
 that no kept op consumes), each prefix model is timed with `invoke()` in the same Interpreter settings as
 the benchmark (XNNPACK delegate, same threads), and op k's time is T(k) - T(k-1), with T(-1) the model
-with no ops. Prefixes are timed round-robin so drift hits them alike. These are marginal times in the
+with no ops. One prefix interpreter lives at a time, timed in blocks alternating with the full model, each
+block after an untimed settle (see below). These are marginal times in the
 delegated graph: an op XNNPACK fuses into its producer costs about nothing, and noise can make a tiny op
 slightly negative. The op rows sum to T(full) - T(empty) and T(empty) is the call-overhead row, so all
 rows sum to T(full), to compare with the end-to-end figure (timed `set_tensor` + `invoke`).
@@ -68,6 +69,16 @@ def _fill(it, x_float: np.ndarray):
     return d
 
 
+SETTLE_S = 0.015  # longer than a pool worker's spin after its last job (pthreadpool spins, then sleeps)
+
+
+def _settle(fn) -> None:
+    """Run ``fn`` untimed for SETTLE_S: the other interpreter's pool goes to sleep, this one is warm."""
+    end = time.perf_counter() + SETTLE_S
+    while time.perf_counter() < end:
+        fn()
+
+
 def profile(path, threads: int, iterations: int = 200, warmup: int = 20, rounds: int = 5) -> VariantProfile:
     import ai_edge_litert
     from ai_edge_litert.tools import flatbuffer_utils as fu
@@ -88,9 +99,10 @@ def profile(path, threads: int, iterations: int = 200, warmup: int = 20, rounds:
     for _ in range(warmup):
         run_full()
 
-    # One prefix interpreter alive at a time, each timed in blocks alternating with the full model: with
-    # every prefix alive at once, their XNNPACK thread pools (2+ threads) competed for the cores and the
-    # full model's 2-thread time came out 1.9x the sum of the prefix differences (measured on the INT8 student).
+    # One prefix interpreter alive at a time, each timed in blocks alternating with the full model, and every
+    # block after an untimed settle: an XNNPACK pool's worker keeps spinning for milliseconds after its last
+    # job, so the first invokes of the other interpreter shared the cores with it. Measured with 2 threads on
+    # 2 cores: unsettled, the full model's p50 came out 1.9x (INT8) and 1.7x (FP32) the sum of the rows.
     per_round = max(1, iterations // rounds)
     t: list[float] = []
     full_times: list[float] = []
@@ -101,10 +113,12 @@ def profile(path, threads: int, iterations: int = 200, warmup: int = 20, rounds:
             it.invoke()
         samples: list[float] = []
         for _ in range(rounds):
-            for _ in range(max(1, per_round // (n + 1))):
+            _settle(run_full)
+            for _ in range(max(3, per_round // 4)):
                 t0 = time.perf_counter()
                 run_full()
                 full_times.append(time.perf_counter() - t0)
+            _settle(it.invoke)
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 it.invoke()
