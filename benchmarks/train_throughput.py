@@ -142,7 +142,7 @@ def kd_benchmark(args) -> dict:
     teacher = resnet56(3, 10)
     fit(teacher, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=args.teacher_epochs, lr=0.05,
         batch_size=BATCH, momentum=0.9, weight_decay=5e-4, seed=args.seed, augmenter=augmenter_for(cfg),
-        compute=resolve("cpu", "auto", args.threads))
+        compute=resolve("cpu" if args.device == "auto" else args.device, "auto", args.threads))
     teacher.eval()
     t_acc = accuracy(predict(teacher, splits.x_test), splits.y_test)
     log(f"teacher test accuracy {t_acc:.4f}")
@@ -158,7 +158,7 @@ def kd_benchmark(args) -> dict:
 
     torch.manual_seed(args.seed)
     pipe_student = resnet20(3, 10)
-    compute = resolve("auto", "auto", args.threads)
+    compute = resolve(args.device, "auto", args.threads)
     dcfg = DistillConfig(epochs=args.epochs, lr=args.lr, batch_size=BATCH, teacher_views=args.teacher_views)
     log(f"pipeline KD: {args.epochs} epochs, {compute.describe()}")
     t0 = time.perf_counter()
@@ -344,6 +344,9 @@ def main(argv=None) -> int:
                     help="override distill.teacher_views for the pipeline (default: the recipe default)")
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="the pipeline's KD (and the untimed teacher) on this device; the plain loop is the CPU "
+                         "reference. On a GPU machine: --device cuda gives the CUDA images/s beside the CPU loop's")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--images", type=int, default=2000, help="N of the data part (N and 4N images)")
     ap.add_argument("--work", help="folder for the generated images (default: a temp folder)")
@@ -375,4 +378,11 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.errors import PipelineError
+
+    try:
+        sys.exit(main())
+    except PipelineError as e:  # one line and the pipeline's exit code (e.g. 3: --device cuda without a GPU)
+        print(f"train_throughput: {e.message}" + (f" ({e.hint})" if getattr(e, "hint", None) else ""),
+              file=sys.stderr)
+        sys.exit(e.exit_code)
