@@ -24,7 +24,7 @@ import sys
 import types
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from pipeline.errors import PipelineError
 
@@ -160,12 +160,8 @@ def _data_files(rel: str) -> list[Path]:
     raise _fail(rel, "declared in pipeline.code_closure.DATA_READS but not in the project")
 
 
-@lru_cache(maxsize=None)
-def closure(start: Path) -> tuple[Path, ...]:
-    """`start` plus every project file (code and declared data) its imports reach, transitively; sorted."""
-    start = Path(start).resolve()
-    if not start.is_file():
-        raise _fail(str(start), "no such source file")
+def reach(start: Path, neighbours: Callable[[Path], Iterable[Path]]) -> list[Path]:
+    """`start` and every path reachable from it through `neighbours`, each once (depth-first)."""
     seen: dict[Path, None] = {}
     todo = [start]
     while todo:
@@ -173,12 +169,20 @@ def closure(start: Path) -> tuple[Path, ...]:
         if f in seen:
             continue
         seen[f] = None
-        if f.suffix == ".py":
-            todo += [p.resolve() for p in _project_imports(f) if p.resolve() not in seen]
-            for rel in DATA_READS.get(_module_name(f) or "", ()):
-                for d in _data_files(rel):
-                    seen.setdefault(d.resolve(), None)
-    return tuple(sorted(seen))
+        todo += [p for p in neighbours(f) if p not in seen]
+    return list(seen)
+
+
+@lru_cache(maxsize=None)
+def closure(start: Path) -> tuple[Path, ...]:
+    """`start` plus every project file (code and declared data) its imports reach, transitively; sorted.
+    Data files are leaves: their own imports (a standalone script's) are not followed."""
+    start = Path(start).resolve()
+    if not start.is_file():
+        raise _fail(str(start), "no such source file")
+    code = reach(start, lambda f: [p.resolve() for p in _project_imports(f)] if f.suffix == ".py" else [])
+    data = [d.resolve() for f in code for rel in DATA_READS.get(_module_name(f) or "", ()) for d in _data_files(rel)]
+    return tuple(sorted(set(code) | set(data)))
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}

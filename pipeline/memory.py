@@ -22,11 +22,16 @@ def reset_peak() -> bool:
         return False
 
 
-def peak_rss_mb() -> float | None:
+def status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmHWM, VmRSS, RssFile, ...) in MB; None where there is none."""
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return round(int(line.split()[1]) / 1024, 1)
     except OSError:  # not Linux
         return None
     return None
+
+
+def peak_rss_mb() -> float | None:
+    return status_mb("VmHWM")

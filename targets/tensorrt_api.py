@@ -23,11 +23,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
+
+# the bundle's standalone builder writes plans the same way (it ships without the project: shared from there)
+from targets.standalone.tensorrt.build_engine import atomic_write
 
 __all__ = [
     "EXPECTED_JETSON_TRT",
@@ -198,24 +200,6 @@ def parse_check(onnx_path, *, trt=None, expected_trt: str = EXPECTED_JETSON_TRT)
 
 # ---------------------------------------------------------------------------------------------------- build
 
-def _atomic_write(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _add_profile(trt, builder, config, network, batch_profile) -> list[dict]:
     """One optimization profile: dynamic axis 0 of every input gets (min, opt, max) = batch_profile."""
     bmin, bopt, bmax = (int(b) for b in batch_profile)
@@ -337,13 +321,13 @@ def build_engine(onnx_path, plan_path, *, trt=None, timing_cache_path=None, fp16
         return info
     data = memoryview(serialized).cast("B") if not isinstance(serialized, (bytes, bytearray)) else serialized
     info["stage"] = "write"
-    _atomic_write(plan_path, data)
+    atomic_write(plan_path, data)
     if timing_cache_path is not None and info["timing_cache"]["path"]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 blob = config.get_timing_cache().serialize()
-            _atomic_write(Path(timing_cache_path), memoryview(blob).cast("B"))
+            atomic_write(Path(timing_cache_path), memoryview(blob).cast("B"))
             info["timing_cache"]["saved"] = True
         except Exception as exc:
             info["warnings"].append(f"timing cache not saved: {type(exc).__name__}: {exc}")

@@ -289,13 +289,9 @@ def test_odd_batch_guard_runs_odd_cpu_batches_without_onednn():
 
 
 def _rss_file_mb() -> float | None:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("RssFile:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    from pipeline.memory import status_mb
+
+    return status_mb("RssFile")
 
 
 def test_reading_a_split_does_not_keep_its_pages_resident(tmp_path, monkeypatch):

@@ -31,29 +31,26 @@ def _package_name(root: Path, path: Path) -> str | None:
 
 
 def _walk(root: Path, start: Path, local: Callable[[str], bool]) -> list[Path]:
-    from pipeline.code_closure import CodeHashError, import_names
+    from pipeline.code_closure import CodeHashError, import_names, reach
 
-    seen: dict[Path, None] = {}
-    todo = [start]
-    while todo:
-        f = todo.pop()
-        if f in seen:
-            continue
-        seen[f] = None
+    def local_imports(f: Path) -> list[Path]:
         try:
             names = import_names(f, _package_name(root, f))
         except CodeHashError as e:
             raise ConfigError(f"reading the model's source failed: {e.message.split(': ', 1)[-1]}",
                               hint=f"fix {f}") from None
+        out = []
         for name, _required in names:
             if not name or not local(name):
                 continue
             parts = name.split(".")
             for i in range(1, len(parts) + 1):  # importing a.b runs a/__init__.py first
                 m = _module_file(root, ".".join(parts[:i]))
-                if m is not None and m.resolve() not in seen:
-                    todo.append(m.resolve())
-    return sorted(seen)
+                if m is not None:
+                    out.append(m.resolve())
+        return out
+
+    return sorted(reach(start, local_imports))
 
 
 def model_source_files(scheme: str) -> tuple[Path, list[Path]]:
