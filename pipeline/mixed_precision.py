@@ -24,10 +24,19 @@ import numpy as np
 MAX_CANDIDATES = 10  # exhaustive search over subsets of the 10 most sensitive layers (at most 1023 sets)
 
 
+class CandidateSkipped(Exception):
+    """A float-layer set that cannot be built (the backend refused it, or it leaves no INT8 layer): recorded
+    in the frontier with its reason, and the search goes on."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass
 class Trial:
     float_layers: list[str]
-    val_accuracy_drop: float
+    val_accuracy_drop: float | None  # None: skipped (see `skipped`)
     val_accuracy: float | None = None
     latency_ms: float | None = None
     source: str = "measured"
@@ -35,10 +44,14 @@ class Trial:
     kind: str = "candidate"  # int8 | sensitivity | candidate
     chosen: bool = False
     holds_budget: bool = False
+    skipped: str | None = None  # why this set was not built or measured
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d["val_accuracy_drop"] = round(d["val_accuracy_drop"], 5)
+        if d["val_accuracy_drop"] is not None:
+            d["val_accuracy_drop"] = round(d["val_accuracy_drop"], 5)
+        if d["skipped"] is None:
+            del d["skipped"]
         if d["latency_ms"] is not None:
             d["latency_ms"] = round(d["latency_ms"], 5)
         return d
@@ -98,7 +111,8 @@ def plan_sets(base_drop: float, budget: float, gains: dict[str, float], costs: d
 
 def choose(trials: Sequence[Trial], budget: float) -> Trial | None:
     """The measured configuration that holds the budget at the least measured latency (then fewer layers)."""
-    ok = [t for t in trials if t.val_accuracy_drop <= budget and t.latency_ms is not None]
+    ok = [t for t in trials if t.val_accuracy_drop is not None and t.val_accuracy_drop <= budget
+          and t.latency_ms is not None]
     return min(ok, key=lambda t: (t.latency_ms, len(t.float_layers))) if ok else None
 
 
@@ -117,30 +131,42 @@ def latency_fallback(layers: list[str], attempt: Callable[[list[str], str], tupl
     source, runtime = latency_source(backend, base.numerics)
     built: dict[tuple[str, ...], Any] = {(): base}
     trials: dict[tuple[str, ...], Trial] = {(): Trial([], base_drop, ref_acc - base_drop, kind="int8")}
+    skipped: list[Trial] = []
+
+    def build(s: tuple[str, ...], tag: str, kind: str, tried_kind: str) -> bool:
+        try:
+            b, d = attempt(list(s), tag)
+        except CandidateSkipped as e:
+            skipped.append(Trial(list(s), None, kind=kind, skipped=e.reason))
+            tried.append({"kept_in_float": list(s), "val_accuracy_drop": None, "kind": tried_kind,
+                          "skipped": e.reason})
+            return False
+        built[s], trials[s] = b, Trial(list(s), d, ref_acc - d, kind=kind)
+        tried.append({"kept_in_float": list(s), "val_accuracy_drop": round(d, 5), "kind": tried_kind})
+        return True
+
     for i, layer in enumerate(layers):
-        b, d = attempt([layer], f"sens-{i}")
-        built[(layer,)] = b
-        trials[(layer,)] = Trial([layer], d, ref_acc - d, kind="sensitivity")
-        tried.append({"kept_in_float": [layer], "val_accuracy_drop": round(d, 5), "kind": "sensitivity"})
+        build((layer,), f"sens-{i}", "sensitivity", "sensitivity")
+    usable = [n for n in layers if (n,) in trials]
     lat = measure_latencies({"|".join(k): b.model_file for k, b in built.items()}, example, threads)
-    gains = {n: base_drop - trials[(n,)].val_accuracy_drop for n in layers}
-    costs = {n: lat[n] - lat[""] for n in layers}
+    gains = {n: base_drop - (trials[(n,)].val_accuracy_drop or 0.0) for n in usable}
+    costs = {n: lat[n] - lat[""] for n in usable}
+    tried_sets = {tuple(t.float_layers) for t in skipped}
     for j, s in enumerate(plan_sets(base_drop, q.max_accuracy_drop, gains, costs, q.max_fallback_layers,
                                     q.max_fallback_trials)):
-        if s in trials:
+        if s in trials or s in tried_sets:
             continue
-        b, d = attempt(list(s), f"set-{j}")
-        built[s], trials[s] = b, Trial(list(s), d, ref_acc - d)
-        tried.append({"kept_in_float": list(s), "val_accuracy_drop": round(d, 5), "kind": "latency-candidate"})
+        tried_sets.add(s)
+        build(s, f"set-{j}", "candidate", "latency-candidate")
     # Every configuration measured again together, so the figures compared come from one session.
     lat = measure_latencies({"|".join(k): b.model_file for k, b in built.items()}, example, threads)
     for k, t in trials.items():
         t.latency_ms, t.source, t.runtime = lat["|".join(k)], source, runtime
-        t.holds_budget = t.val_accuracy_drop <= q.max_accuracy_drop
+        t.holds_budget = t.val_accuracy_drop is not None and t.val_accuracy_drop <= q.max_accuracy_drop
     best = choose([t for k, t in trials.items() if k], q.max_accuracy_drop)
     if best is not None:
         best.chosen = True
-    frontier = [t.to_json() for t in trials.values()]
-    if best is None:
+    frontier = [t.to_json() for t in trials.values()] + [t.to_json() for t in skipped]
+    if best is None or best.val_accuracy_drop is None:
         return None, frontier
     return (built[tuple(best.float_layers)], best.val_accuracy_drop), frontier

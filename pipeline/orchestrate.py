@@ -57,11 +57,13 @@ def _importable(backend) -> tuple[bool, str]:
     return True, why
 
 
-def select_profiles(requested: list[str], profile_paths: Sequence[str] = ()) -> tuple[list, dict[str, str]]:
-    """Resolve names/aliases; `all` means every profile whose backend can be prepared here."""
-    from targets.profiles import load_profiles, resolve_profile
+def select_profiles(requested: list[str], profile_paths: Sequence[str] = (),
+                    isa: dict[str, str] | None = None) -> tuple[list, dict[str, str]]:
+    """Resolve names/aliases; `all` means every profile whose backend can be prepared here. `isa` (the
+    recipe's `isa:` section) overrides the instruction-set class of the named profiles."""
+    from targets.profiles import apply_isa_overrides, load_profiles, resolve_profile
 
-    profiles = load_profiles(profile_paths)
+    profiles = apply_isa_overrides(load_profiles(profile_paths), isa or {})
     chosen, skipped = [], {}
     if any(r == "all" for r in requested):
         for p in profiles.values():
@@ -86,7 +88,7 @@ def select_profiles(requested: list[str], profile_paths: Sequence[str] = ()) -> 
 
 def run_pipeline(recipe, out: Path, profile_paths: Sequence[str] = (), console=None) -> RunResult:
     out = Path(out)
-    profiles, skipped = select_profiles(recipe.targets, profile_paths)
+    profiles, skipped = select_profiles(recipe.targets, profile_paths, recipe.isa)
     from pipeline.device import from_recipe
 
     from_recipe(recipe)  # device=cuda without a GPU stops here (exit 3), before any stage runs

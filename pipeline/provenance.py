@@ -28,7 +28,10 @@ def _version(dist: str) -> str | None:
 
 
 def host_class() -> str:
-    """`x86_64 Intel(R) Xeon(R) ... (2 cores)`: the machine architecture, CPU model and core count."""
+    """`x86_64 Intel(R) Xeon(R) ... (2 cores, avx512-vnni)`: the machine architecture, CPU model, core count and
+    instruction-set class (targets/isa.py: it decides which INT8 kernels ran)."""
+    from targets.isa import host_isa
+
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -38,7 +41,9 @@ def host_class() -> str:
                     break
     except OSError:
         pass
-    return " ".join(p for p in (platform.machine(), cpu, f"({os.cpu_count()} cores)") if p)
+    isa = host_isa()
+    cores = f"({os.cpu_count()} cores{', ' + isa if isa else ''})"
+    return " ".join(p for p in (platform.machine(), cpu, cores) if p)
 
 
 def runtime_label(numerics: str) -> str:

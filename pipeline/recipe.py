@@ -160,6 +160,10 @@ class QuantizeConfig(Section):
     # (pipeline/mixed_precision.py); layers: the most sensitive layers one by one (fewest layers).
     fallback_objective: Literal["latency", "layers"] = "latency"
     max_fallback_trials: int = Field(6, ge=1, le=64, description="float-layer sets built and measured by the latency objective")
+    emulate: bool = Field(False, description=(
+        "compute INT8 accuracy with the target's own kernels under qemu-x86_64 -cpu <model> (qemu-user) when this "
+        "host's instruction-set class differs from the target's (x86-64-v2/v3 targets); several times slower; "
+        "latency is never measured under emulation"))
 
 
 class BenchmarkConfig(Section):
@@ -185,6 +189,10 @@ class Recipe(Section):
     channels_last: Optional[bool] = Field(None, description="train in channels_last memory format (default: on CUDA "
                                           "only; on the CPU torch 2.13 crashes in some 1x1 stride-2 conv backward passes)")
     targets: list[str] = Field(default_factory=lambda: ["jetson"])
+    isa: dict[str, str] = Field(default_factory=dict, description=(
+        "instruction-set class each CPU target deploys to, overriding its profile (targets/isa.py), e.g. "
+        "{x86: avx512-vnni}; 'host' means this build host's class. It decides the INT8 scheme (reduce_range, "
+        "overflow_fix) and the kernels emulation runs"))
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)

@@ -251,6 +251,12 @@ class Runner:
         return rec
 
 
+def _host_isa() -> str | None:
+    from targets.isa import host_isa
+
+    return host_isa()
+
+
 def environment() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -265,6 +271,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "isa": _host_isa(),
         "tools": tool_versions(["torch", "onnx", "onnxruntime", "openvino", "nncf", "litert-torch",
                                 "ai-edge-litert", "torch-pruning", "tensorrt", "tensorrt-rtx", "numpy"]),
     }

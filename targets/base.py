@@ -62,6 +62,9 @@ class Backend(ABC):
     # The runtime host numbers come from: `measured` when the host is the target's CPU class,
     # `host-measured` when the artifact runs here but the target is another device.
     host_source: str = "measured"
+    # True: the device's INT8 numerics are the exact fake-quant ones of the QDQ model (TensorRT on a GPU), so
+    # accuracy is computed with ONNX Runtime's graph optimizations off, never with this CPU's integer kernels.
+    exact_reference: bool = False
 
     def availability(self) -> tuple[bool, str]:
         missing = [m for m in self.modules if importlib.util.find_spec(m) is None]

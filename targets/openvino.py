@@ -139,8 +139,10 @@ class OpenVINOBackend(Backend):
         req.out_dir.mkdir(parents=True, exist_ok=True)
         model = ov.convert_model(str(req.fp32_onnx))
         ignored = resolve_layer_names(model, req.exclude_layers)
+        isa = getattr(req.profile, "isa", None)
+        overflow_fix, why = overflow_fix_for(isa)
         advanced, calib_note = nncf_calibration_params(req.calib.method, req.calib.percentile,
-                                                       req.calib.bins)
+                                                       req.calib.bins, overflow_fix)
         n = len(req.calibration)
         fbc = getattr(req.profile, "nncf_fast_bias_correction", None)  # optional profile knob
         fbc = self.fast_bias_correction if fbc is None else bool(fbc)
@@ -166,6 +168,7 @@ class OpenVINOBackend(Backend):
                 "bias_correction": "fast" if fbc else "full",
                 "weights": "int8 per-channel symmetric", "activations": "8-bit symmetric",
                 "calibration": req.calib.method, "calibration_mapping": calib_note,
+                "scheme": {"isa": isa or "unspecified", "overflow_fix": overflow_fix, "why": why},
                 "kept_in_float": ignored,
                 "inference_precision_hint": "f32" if ignored else "default",
                 "compile_config": compile_config(precision, None),
@@ -254,7 +257,22 @@ def resolve_layer_names(model: Any, names: list[str]) -> list[str]:
     return out
 
 
-def nncf_calibration_params(method: str, percentile: float, bins: int):
+def overflow_fix_for(isa: str | None) -> tuple[str, str]:
+    """NNCF's OverflowFix value for a CPU class, and why. NNCF's docs: 8-bit kernels of SSE/AVX2/AVX-512 CPUs
+    without VNNI saturate. ENABLE (every layer's weights in half range) rather than NNCF's FIRST_LAYER default,
+    so that no layer can saturate and the accuracy measured here is the device's; with VNNI, DISABLE (full
+    8-bit weights: int32 accumulation cannot overflow)."""
+    from targets.isa import ISA_CLASSES
+
+    c = ISA_CLASSES.get(isa) if isa else None
+    if c is None:
+        return "enable", "the profile names no instruction-set class: half-range weights, exact on every x86 CPU"
+    if c.saturates:
+        return "enable", f"{isa} has no VNNI: its int8 kernels saturate; half-range weights in every layer"
+    return "disable", f"{isa} has VNNI: int32 accumulation, full 8-bit weights"
+
+
+def nncf_calibration_params(method: str, percentile: float, bins: int, overflow_fix: str = "first_layer_only"):
     """Our calibration method -> NNCF AdvancedQuantizationParameters (activations only;
     weights always use NNCF's per-channel min/max). Returns (params, honest note)."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
@@ -280,4 +298,7 @@ def nncf_calibration_params(method: str, percentile: float, bins: int):
                 + ("" if int(bins) == 2048 else f"; NNCF fixes 2048 bins, {bins} requested"))
     else:
         raise ValueError(f"unknown calibration method {method!r}")
-    return AdvancedQuantizationParameters(activations_range_estimator_params=rep), note
+    from nncf.quantization.advanced_parameters import OverflowFix
+
+    return AdvancedQuantizationParameters(activations_range_estimator_params=rep,
+                                          overflow_fix=OverflowFix(overflow_fix)), note

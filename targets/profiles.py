@@ -95,6 +95,9 @@ class Profile(_Strict):
     backend: Backend
     cpu_arch: Literal["aarch64", "x86_64"]
     accelerator: str | None = None
+    #: instruction-set class of the device's CPU (targets/isa.py), which decides the INT8 scheme and kernels;
+    #: null for accelerator targets whose integer math is not the CPU's (TensorRT on a Jetson GPU)
+    isa: str | None = None
     default_precision: Precision
     threads: int = Field(ge=1)
     batch_sizes: list[int] = Field(min_length=1)
@@ -130,6 +133,13 @@ class Profile(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Profile":
+        if self.isa is not None:
+            from targets.isa import ISA_CLASSES
+
+            known = [n for n, c in ISA_CLASSES.items() if c.arch == self.cpu_arch]
+            if self.isa not in known:
+                raise ValueError(f"isa '{self.isa}' is not an instruction-set class of {self.cpu_arch}; "
+                                 f"use one of {', '.join(known)}")
         if self.name in self.aliases:
             raise ValueError(f"alias '{self.name}' repeats the profile name")
         fig = self.peak_figure(self.estimate_precision)
@@ -272,3 +282,27 @@ def resolve_profile(name_or_alias: str, profiles: dict[str, Profile] | None = No
         f"unknown target '{name_or_alias}'.{suggestion} Known targets: {known_names(profiles)}",
         hint=(f"use '{close[0]}'" if close else "pick one of the names above, or add a profile YAML file"),
     )
+
+
+def apply_isa_overrides(profiles: dict[str, Profile], overrides: dict[str, str]) -> dict[str, Profile]:
+    """Profiles with the recipe's `isa:` overrides applied ({target name or alias: class or 'host'})."""
+    from targets.isa import ISA_CLASSES, host_isa
+
+    out = dict(profiles)
+    for key, value in overrides.items():
+        prof = resolve_profile(key, profiles)
+        want = str(value).strip().lower()
+        if want == "host":
+            want = host_isa() or ""
+            if not want or ISA_CLASSES[want].arch != prof.cpu_arch:
+                raise ConfigError(f"isa.{key}=host: this host ({want or 'unknown class'}) is not a {prof.cpu_arch} "
+                                  f"CPU like {prof.name}", hint=f"name a {prof.cpu_arch} class instead")
+        known = [n for n, c in ISA_CLASSES.items() if c.arch == prof.cpu_arch]
+        if prof.isa is None and prof.accelerator:
+            raise ConfigError(f"isa.{key}: {prof.name} computes INT8 on its accelerator ({prof.backend}), not with "
+                              "CPU kernels; its instruction set does not change the numbers", hint=f"drop isa.{key}")
+        if want not in known:
+            raise ConfigError(f"isa.{key}: unknown instruction-set class '{value}' for {prof.cpu_arch}",
+                              hint=f"use one of {', '.join(known)} or 'host'")
+        out[prof.name] = prof.model_copy(update={"isa": want})
+    return out

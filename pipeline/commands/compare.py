@@ -69,7 +69,8 @@ def cmd_compare(args) -> int:
     except DataError as e:
         raise DataError(e.message, hint=hint) from None
     result = compare_reports(new, base, args.max_regression, args.max_accuracy_drop,
-                             noise_factor=args.noise_factor, fail_on_missing=args.fail_on_missing)
+                             noise_factor=args.noise_factor, fail_on_missing=args.fail_on_missing,
+                             force=args.force)
     for path, text in ((args.markdown, to_markdown), (args.junit, to_junit)):
         if path:
             try:
@@ -98,4 +99,6 @@ def add_parser(sub) -> None:
     p.add_argument("--markdown", metavar="OUT.md", help="Markdown summary (appended when it is $GITHUB_STEP_SUMMARY)")
     p.add_argument("--junit", metavar="OUT.xml", help="JUnit XML, one testcase per case")
     p.add_argument("--quiet", action="store_true", help="print nothing; the exit code tells")
+    p.add_argument("--force", action="store_true",
+                   help="gate reports of different instruction-set classes (refused by default: exit 2)")
     p.set_defaults(fn=cmd_compare)

@@ -448,8 +448,14 @@ def run_samples(report: Report, venv: Path, copy: Path, manifest: dict, timeout:
         msg = (f"sample check failed: {first.get('file')} differs from samples/expected.json (top-1 "
                f"{first.get('top1')} vs {first.get('expected_top1')}, max |diff| {first.get('max_abs_diff')} > atol "
                f"{result.get('atol')})" + (f"; {len(f) - 1} more sample(s) failed" if len(f) > 1 else ""))
+        from targets.isa import host_isa
+
+        made_on, here = expected.get("isa"), host_isa()
+        isa_hint = (f"; the expected outputs were computed on a {made_on} CPU and this one is {here}: INT8 kernels "
+                    "of another instruction-set class compute other numbers" if made_on and made_on != here else "")
         raise _fail(report, "samples", GateError(msg, hint="the runtime in requirements.txt does not reproduce the "
-                                                           "bundle's outputs: compare runtime versions, or rebuild"))
+                                                           "bundle's outputs: compare runtime versions, or rebuild"
+                                                           + isa_hint))
     err = _tail(p.stderr, 4) or _tail(p.stdout, 4)
     raise _fail(report, "samples", GateError(f"run.py --check-samples failed (exit {p.returncode}): {err}",
                                              hint="run it by hand in the bundle (python run.py --check-samples) "

@@ -156,8 +156,12 @@ def compare_reports(
     *,
     noise_factor: float = 1.0,
     fail_on_missing: bool = False,
+    force: bool = False,
 ) -> CompareResult:
-    """Compare two benchmark reports (schema.json, kind benchmark-report) case by case (by name)."""
+    """Compare two benchmark reports (schema.json, kind benchmark-report) case by case (by name).
+
+    Reports from two instruction-set classes (environment.isa, targets/isa.py) are refused with a DataError
+    unless `force`: their INT8 kernels differ, so a change between them is not a regression of the model."""
     if max_regression < 0 or max_accuracy_drop < 0 or noise_factor < 0:
         raise DataError("max_regression, max_accuracy_drop and noise_factor must be >= 0")
     new_cases = {c["name"]: c for c in new.get("cases", [])}
@@ -168,6 +172,17 @@ def compare_reports(
     for key in ("cpu_model", "board", "logical_cores"):
         if key in env_n and key in env_b and env_n[key] != env_b[key]:
             result.warnings.append(f"environment differs: {key} {env_b[key]!r} (baseline) vs {env_n[key]!r} (new)")
+    isa_n, isa_b = env_n.get("isa"), env_b.get("isa")
+    if isa_n and isa_b and isa_n != isa_b:
+        if not force:
+            raise DataError(f"the reports come from different instruction-set classes: baseline {isa_b}, new {isa_n} "
+                            "(their INT8 kernels compute different numbers at different speeds)",
+                            hint="compare reports of one class (re-record the baseline on this host class), or "
+                                 "pass --force to gate across classes anyway")
+        result.warnings.append(f"instruction-set classes differ (--force): baseline {isa_b}, new {isa_n}")
+    elif bool(isa_n) != bool(isa_b):
+        result.warnings.append(f"instruction-set class recorded on one side only: baseline {isa_b or 'unknown'}, "
+                               f"new {isa_n or 'unknown'}")
     host_diff = host_fingerprint_diff(env_n, env_b)
     ref_versions = {(new.get("reference_kernel") or {}).get("version"),
                     (baseline.get("reference_kernel") or {}).get("version")}
@@ -442,14 +457,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", default=None, help="write a Markdown summary (appends to $GITHUB_STEP_SUMMARY)")
     p.add_argument("--junit", default=None, help="write JUnit XML")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--force", action="store_true", help="gate reports of different instruction-set classes")
     args = p.parse_args(argv)
     try:
         new = load_report(args.new)
         base = load_report(args.baseline)
         result = compare_reports(new, base, args.max_regression, args.max_accuracy_drop,
-                                 noise_factor=args.noise_factor, fail_on_missing=args.fail_on_missing)
+                                 noise_factor=args.noise_factor, fail_on_missing=args.fail_on_missing,
+                                 force=args.force)
     except DataError as e:
-        print(f"error: {e.message}", file=sys.stderr)
+        print(f"error: {e.message}" + (f" ({e.hint})" if getattr(e, "hint", None) else ""), file=sys.stderr)
         return 2
     try:
         if args.markdown:

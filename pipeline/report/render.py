@@ -114,6 +114,9 @@ def frontier_figures(summary: dict) -> list[Figure]:
                   "source": f"{r['source']} ({r['runtime']})", "holds budget": "yes" if r["holds_budget"] else "no",
                   "Pareto": "yes" if i in front else "", "shipped": "yes" if r.get("chosen") else ""}
                  for i, r in enumerate(rows)]
+        table += [{"#": "-", "float layers": ", ".join(r.get("float_layers") or []), "val accuracy": "skipped",
+                   "p50 ms": "-", "source": str(r["skipped"]), "holds budget": "-", "Pareto": "", "shipped": ""}
+                  for r in ((t.get("quantize") or {}).get("frontier") or []) if r.get("skipped")]
         cap = (f"Mixed precision for {name}: each float-layer configuration the accuracy budget tried, validation "
                "accuracy against end-to-end latency p50 at batch 1 measured in one process on this host "
                f"({rows[0]['source']}, {rows[0]['runtime']}). Ringed points joined by the dashed line are the Pareto "

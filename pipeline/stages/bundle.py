@@ -20,6 +20,7 @@ from pipeline.provenance import float_compute_layers, precision_label
 from pipeline.runner import Runner, StageContext, StageResult, environment
 from pipeline.stages.data import read_splits
 from pipeline.stats import format_ci
+from targets.isa import host_isa
 
 MANIFEST_SCHEMA_VERSION = "1"
 STANDALONE = Path(__file__).resolve().parents[2] / "targets" / "standalone"
@@ -116,7 +117,8 @@ def run_bundle(runner: Runner, recipe, profile, backend, data: StageResult, quan
             samples.append({"file": fname, "label": int(splits.y_test[i]), "top1": int(logits.argmax()),
                             "logits": [float(v) for v in logits]})
         (root / "samples" / "expected.json").write_text(json.dumps(
-            {"atol": 1e-3, "runtime": m.runtime, "runtime_version": m.runtime_version, "samples": samples}, indent=1))
+            {"atol": 1e-3, "runtime": m.runtime, "runtime_version": m.runtime_version, "isa": host_isa(),
+             "samples": samples}, indent=1))
         ev = evaluate.metrics["int8"]
         bm = (bench.metrics.get("int8") if bench else None) or {}
         # Every figure names its source, the runtime and the host class that produced it.
@@ -145,7 +147,11 @@ def run_bundle(runner: Runner, recipe, profile, backend, data: StageResult, quan
             "name": name,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "profile": {"name": profile.name, "backend": profile.backend, "description": profile.description,
-                        "cpu_arch": profile.cpu_arch, "threads": profile.threads},
+                        "cpu_arch": profile.cpu_arch, "threads": profile.threads, "isa": profile.isa},
+            # Which instruction-set class the INT8 model was made for, and which one computed its figures and
+            # samples/expected.json (a host of another class may compute other INT8 numbers).
+            "isa": {"target": profile.isa, "build_host": host_isa(), "scheme": built.info.get("scheme"),
+                    "accuracy_evaluated_with": (evaluate.metrics.get("int8") or {}).get("isa", {}).get("evaluated_with")},
             "model": {"file": built.model_file.name, "files": [f.name for f in built.files],
                       "precision": precision_label(built.precision, built.info.get("kept_in_float"),
                                                    float_compute_layers(compile_.metrics.get("compile") or {})),

@@ -21,7 +21,7 @@ from pipeline.runner import Runner, StageContext, StageResult
 from pipeline.stages.data import read_splits
 from pipeline.stages.models import load_model
 from pipeline.stages.target import (BACKEND_TOOLS, _built_to_json, _profile_key, backend_code, host_threads,
-                                    logits_of)
+                                    logits_of, target_numerics)
 from targets.base import CalibrationSpec, QuantizeRequest, get_backend
 
 
@@ -93,7 +93,10 @@ def run_quantize_qat(runner: Runner, recipe, profile, data: StageResult, calib: 
                               profile=profile, out_dir=ctx.dir / "int8", exclude_layers=[], threads=threads)
         built = backend.quantize(req)
         built.info["qat"] = True
-        acc = float((logits_of(built.model_file, splits.x_val, threads).argmax(1) == splits.y_val).mean())
+        n = target_numerics(recipe, profile, backend, built.model_file)
+        built.info["evaluated_with"] = n.to_json()
+        acc = float((logits_of(built.model_file, splits.x_val, threads, numerics=n).argmax(1)
+                     == splits.y_val).mean())
         drop = ref_acc - acc
         ctx.metrics.update(int8=_built_to_json(built, ctx.dir), val_accuracy_fp32=ref_acc, val_accuracy_drop=drop,
                            budget=q.max_accuracy_drop, budget_held=drop <= q.max_accuracy_drop, kept_in_float=[],
@@ -101,6 +104,7 @@ def run_quantize_qat(runner: Runner, recipe, profile, data: StageResult, calib: 
                            calibration="minmax (the fake quantization's moving-average min/max observers)")
 
     config = {"profile": _profile_key(profile), "budget": q.max_accuracy_drop,
+              "numerics": target_numerics(recipe, profile, backend).to_json(),
               "calibration": {"percentile": recipe.calibration.percentile, "bins": recipe.calibration.bins}}
     return runner.stage(f"quantize-qat-{profile.name}", fn, config=config,
                         inputs={"qad": qad, "calibration": calib, "model": model_stage, "data": data},

@@ -7,6 +7,7 @@ cache entries.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -17,11 +18,23 @@ import numpy as np
 
 from calibration.select import load_calibration_set
 from pipeline.provenance import accuracy_source, host_class, runtime_label
+from pipeline.mixed_precision import CandidateSkipped
+from pipeline.numerics import Numerics, numerics_for
+from pipeline.numerics import logits as numerics_logits
 from pipeline.runner import Runner, StageContext, StageResult
 from pipeline.stages.data import read_splits
 from pipeline.stages.models import load_model
 from pipeline.stats import paired_change, wilson_interval
 from targets.base import Backend, BuiltModel, CalibrationSpec, QuantizeRequest, get_backend
+from targets.isa import host_isa
+
+
+log = logging.getLogger(__name__)
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".strip().rstrip(":")[:300]
 
 
 BACKEND_TOOLS = {
@@ -57,19 +70,25 @@ def host_threads(profile, bench_cfg) -> int:
     return max(1, min(want, os.cpu_count() or 1))
 
 
-def logits_of(model_file: Path, x: np.ndarray, threads: int | None = None, batch: int = 64) -> np.ndarray:
-    from targets.standalone.runtime import load_model as load_runtime
+def logits_of(model_file: Path, x: np.ndarray, threads: int | None = None, batch: int = 64,
+              numerics: Numerics | None = None) -> np.ndarray:
+    """Logits with `numerics` (pipeline/numerics.py; default: this host's own kernels)."""
+    n = numerics or Numerics("native", "native", None, None)
+    return numerics_logits(model_file, x, threads, n, batch)
 
-    m = load_runtime(model_file, threads=threads)
-    nhwc = m.layout == "nhwc" and x.ndim == 4  # the splits are NCHW; a LiteRT NHWC-input model wants them transposed
-    step = batch if m.dynamic_batch else 1
-    outs: list[np.ndarray] = []
-    for i in range(0, len(x), batch):  # the split (memory-mapped) is read one batch at a time
-        xb = np.asarray(x[i:i + batch])
-        if nhwc:
-            xb = np.ascontiguousarray(xb.transpose(0, 2, 3, 1))
-        outs.extend(m.run(xb[j:j + step]) for j in range(0, len(xb), step))
-    return np.concatenate(outs)
+
+def target_numerics(recipe, profile, backend: Backend, model_file: Path | None = None) -> Numerics:
+    """How this target's INT8 accuracy is computed on this host (exact, native or emulated)."""
+    return numerics_for(profile, backend, model_file, emulate=recipe.quantize.emulate)
+
+
+def figure_source(backend: Backend, profile, numerics_used: str, n: Numerics, integer: bool = True) -> str:
+    """`measured` only for the target's own runtime on a host of the target's arch and, for INT8 figures (whose
+    kernels depend on it), of the target's instruction-set class."""
+    src = accuracy_source(backend.host_source, profile.cpu_arch, numerics_used)
+    if integer and (n.mode != "native" or (n.target_isa and n.target_isa != n.host_isa)):
+        return "host-measured"
+    return src
 
 
 def _request(recipe, profile, export: StageResult, calib: StageResult, model_stage: StageResult, out: Path,
@@ -119,12 +138,31 @@ def run_quantize(runner: Runner, recipe, profile, backend: Backend, data, export
         ref_acc = float((ref.argmax(1) == splits.y_val).mean())
         threads = host_threads(profile, recipe.benchmark)
 
+        quantizable: list[str] = []
+
         def attempt(exclude: list[str], tag: str) -> tuple[BuiltModel, float]:
+            """Build and evaluate one configuration. A candidate (some layers kept in float) that the backend
+            refuses, or that would leave no INT8 layer, raises CandidateSkipped: a fallback or search loop
+            records it and goes on. The all-INT8 model itself is not a candidate: its failure is the stage's."""
             out = ctx.dir / tag
             if out.exists():
                 shutil.rmtree(out)
-            built = backend.quantize(_request(recipe, profile, export, calib, model_stage, out, exclude))
-            acc = float((logits_of(built.model_file, splits.x_val, threads).argmax(1) == splits.y_val).mean())
+            if exclude:
+                if not quantizable:
+                    quantizable.extend(backend.quantizable_layers(export.path("model.onnx"), load_model(model_stage.dir)))
+                if set(quantizable) <= set(exclude):
+                    raise CandidateSkipped("keeps every quantizable layer in float: no INT8 layer would be left")
+                try:
+                    built = backend.quantize(_request(recipe, profile, export, calib, model_stage, out, exclude))
+                except Exception as e:  # any backend's refusal (lint, converter, NNCF): a skip, never a crash
+                    log.warning("quantize candidate %s refused by %s", exclude, profile.backend, exc_info=True)
+                    raise CandidateSkipped(f"{profile.backend} refused it: {one_line(e)}") from None
+            else:
+                built = backend.quantize(_request(recipe, profile, export, calib, model_stage, out, exclude))
+            n = target_numerics(recipe, profile, backend, built.model_file)
+            acc = float((logits_of(built.model_file, splits.x_val, threads, numerics=n).argmax(1)
+                         == splits.y_val).mean())
+            built.info["evaluated_with"] = n.to_json()
             return built, ref_acc - acc
 
         built, drop = attempt([], "int8")
@@ -153,7 +191,9 @@ def run_quantize(runner: Runner, recipe, profile, backend: Backend, data, export
 
     # test_gate decides on the test split after evaluate: it does not change the quantized model.
     config = {"profile": _profile_key(profile), "quantize": q.model_dump(mode="json", exclude={"test_gate", "mode", "qat"}),
-              "calibration": recipe.calibration.model_dump(mode="json")}
+              "calibration": recipe.calibration.model_dump(mode="json"),
+              # the kernels that compute the accuracy (another host class may compute other numbers)
+              "numerics": target_numerics(recipe, profile, backend).to_json()}
     import pipeline.mixed_precision
 
     return runner.stage(f"quantize-{profile.name}", fn, config=config,
@@ -171,18 +211,29 @@ def _torch_val_logits(model_stage: StageResult, splits) -> np.ndarray:
 
 def _fallback(backend: Backend, export: StageResult, model_stage: StageResult, attempt, drop, q, tried):
     """Per-layer sensitivity (accuracy recovered by keeping that one layer in float), then keep the
-    most sensitive layers in float one by one until the budget holds."""
+    most sensitive layers in float one by one until the budget holds. Skipped candidates are recorded."""
     layers = backend.quantizable_layers(export.path("model.onnx"), load_model(model_stage.dir))
     sens = []
     for i, layer in enumerate(layers):
-        _, d = attempt([layer], f"sens-{i}")
+        try:
+            _, d = attempt([layer], f"sens-{i}")
+        except CandidateSkipped as e:
+            tried.append({"kept_in_float": [layer], "val_accuracy_drop": None, "kind": "sensitivity",
+                          "skipped": e.reason})
+            continue
         sens.append((drop - d, layer))
         tried.append({"kept_in_float": [layer], "val_accuracy_drop": round(d, 5), "kind": "sensitivity"})
     sens.sort(key=lambda t: -t[0])
     kept: list[str] = []
     for gain, layer in sens[:q.max_fallback_layers]:
         kept.append(layer)
-        built, d = attempt(list(kept), f"keep-{len(kept)}")
+        try:
+            built, d = attempt(list(kept), f"keep-{len(kept)}")
+        except CandidateSkipped as e:
+            tried.append({"kept_in_float": list(kept), "val_accuracy_drop": None, "kind": "fallback",
+                          "skipped": e.reason})
+            kept.pop()  # go on with the next layer instead of this one
+            continue
         tried.append({"kept_in_float": list(kept), "val_accuracy_drop": round(d, 5), "kind": "fallback"})
         if d <= q.max_accuracy_drop:
             return built, d
@@ -214,7 +265,9 @@ def run_evaluate(runner: Runner, recipe, profile, data: StageResult, export: Sta
         student_acc = float((ref.argmax(1) == splits.y_test).mean())
         threads = host_threads(profile, recipe.benchmark)
         for name, built in variants.items():
-            got = logits_of(built.model_file, splits.x_test, threads)
+            n = target_numerics(recipe, profile, backend, built.model_file) if built.precision != "fp32" else \
+                Numerics("native", f"native {host_isa() or 'unknown ISA'}", profile.isa, host_isa())
+            got = logits_of(built.model_file, splits.x_test, threads, numerics=n)
             acc = float((got.argmax(1) == splits.y_test).mean())
             # A small split's accuracy carries its uncertainty; the paired change feeds the test gate.
             change = paired_change(splits.y_test, ref.argmax(1), got.argmax(1))
@@ -225,14 +278,17 @@ def run_evaluate(runner: Runner, recipe, profile, data: StageResult, export: Sta
                 "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
                 "max_abs_logit_diff": float(np.abs(got - ref).max()),
                 "numerics": built.numerics, "samples": int(len(got)),
-                "source": accuracy_source(backend.host_source, profile.cpu_arch, built.numerics),
+                "source": figure_source(backend, profile, built.numerics, n, integer=built.precision != "fp32"),
                 "runtime": runtime_label(built.numerics), "host": host_class(),
+                "isa": {"target": profile.isa, "host": host_isa(), "evaluated_with": n.label, "mode": n.mode},
             }
         ctx.metrics["fp32_student_accuracy"] = student_acc
         ctx.metrics["fp32_student_accuracy_ci95"] = list(
             wilson_interval(int((ref.argmax(1) == splits.y_test).sum()), len(splits.y_test)))
 
-    return runner.stage(f"evaluate-{profile.name}", fn, config={"profile": profile.name},
+    config = {"profile": profile.name, "isa": profile.isa,
+              "numerics": target_numerics(recipe, profile, get_backend(profile.backend)).to_json()}
+    return runner.stage(f"evaluate-{profile.name}", fn, config=config,
                         inputs={"data": data, "export": export, **inputs}, tools=BACKEND_TOOLS[profile.backend],
                         code=backend_code(get_backend(profile.backend)),
                         label=f"evaluate [{profile.name}]")

@@ -96,6 +96,7 @@ def environment(
                 pass
     env = {
         "cpu_model": cpu_model(),
+        "isa": _rt.cpu_isa(),  # instruction-set class: decides which INT8 kernels ran (and their numbers)
         "machine": platform.machine(),
         "system": platform.system(),
         "platform": platform.platform(),

@@ -32,6 +32,7 @@ __all__ = [
     "runtime_precisions",
     "preprocess_image",
     "SUFFIX_RUNTIME",
+    "cpu_isa",
 ]
 
 SUFFIX_RUNTIME = {
@@ -211,7 +212,7 @@ _ORT_TYPES = {
 class OnnxRuntimeModel(Model):
     runtime = "onnxruntime"
 
-    def __init__(self, path: str, *, threads: int | None, precision_hint: str | None):
+    def __init__(self, path: str, *, threads: int | None, precision_hint: str | None, optimize: bool = True):
         super().__init__(path, threads=threads, precision_hint=precision_hint)
         try:
             import onnxruntime as ort
@@ -224,6 +225,10 @@ class OnnxRuntimeModel(Model):
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3
+        if not optimize:
+            # No graph fusions: a QDQ model runs as DequantizeLinear then float ops, the exact fake-quant
+            # numerics, whatever integer kernels (AVX2, VNNI, ...) this CPU has.
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             self.session = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
@@ -244,6 +249,7 @@ class OnnxRuntimeModel(Model):
         self.info = {
             "providers": providers,
             "intra_op_num_threads": int(threads) if threads else None,
+            "graph_optimizations": "enabled" if optimize else "disabled (exact fake-quant numerics)",
             "precision_hint": None,
             "precision_hint_note": "onnxruntime runs the precisions stored in the graph" if precision_hint else None,
             "outputs": [o.name for o in outs],
@@ -635,7 +641,8 @@ _LOADERS = {
 }
 
 
-def load_model(path: str | os.PathLike, *, threads: int | None = None, precision_hint: str | None = None) -> Model:
+def load_model(path: str | os.PathLike, *, threads: int | None = None, precision_hint: str | None = None,
+               exact: bool = False) -> Model:
     """Load ``path`` with the runtime its suffix names (see ``SUFFIX_RUNTIME``).
 
     threads: intra-op threads (onnxruntime), INFERENCE_NUM_THREADS (openvino), num_threads (LiteRT);
@@ -643,6 +650,8 @@ def load_model(path: str | os.PathLike, *, threads: int | None = None, precision
     precision_hint: OpenVINO INFERENCE_PRECISION_HINT ("f32" by default, "bf16", "f16", or "default" to
         keep the plugin's own choice, which is bf16 on CPUs with AMX/avx512_bf16). Other runtimes run the
         precisions stored in the model and record the hint as ignored.
+    exact: ONNX models only: run without graph optimizations, so a QDQ model computes its exact fake-quant
+        numerics (DequantizeLinear then float ops) rather than this CPU's fused integer kernels.
     Raises RuntimeLoadError (bad file) or MissingRuntime (runtime package absent).
     """
     path = os.fspath(path)
@@ -651,7 +660,74 @@ def load_model(path: str | os.PathLike, *, threads: int | None = None, precision
         raise RuntimeLoadError(f"{path}: no such model file")
     if threads is not None and int(threads) < 1:
         raise RuntimeLoadError(f"threads must be >= 1 (got {threads})")
+    if exact:
+        if runtime != "onnxruntime":
+            raise RuntimeLoadError(f"{path}: exact fake-quant numerics are available for ONNX models only")
+        return OnnxRuntimeModel(path, threads=threads, precision_hint=precision_hint, optimize=False)
     return _LOADERS[runtime](path, threads=threads, precision_hint=precision_hint)
+
+
+# ---------------------------------------------------------------------------------------------
+# Instruction-set class of this CPU (decides which INT8 kernels run)
+# ---------------------------------------------------------------------------------------------
+def cpu_features() -> dict[str, bool]:
+    """NumPy's CPUID-based feature table ({'AVX2': True, ...}); empty when this NumPy has none."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as f  # NumPy 2
+    except ImportError:  # pragma: no cover - NumPy 1.x
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as f  # type: ignore[no-redef]
+        except ImportError:
+            return {}
+    return {str(k): bool(v) for k, v in f.items()}
+
+
+def _proc_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def classify_isa(machine: str, feats: dict[str, bool], proc: set[str]) -> str | None:
+    """The instruction-set class of a CPU (the names of pipeline's targets/isa.py) from NumPy's CPUID features
+    and /proc/cpuinfo flags; None for an unknown architecture."""
+    if machine in ("x86_64", "AMD64", "amd64"):
+        avx2, avx512 = feats.get("AVX2", False), feats.get("AVX512F", False)
+        vnni512 = feats.get("AVX512VNNI", False)
+        # /proc/cpuinfo describes this process's CPU only when it agrees with CPUID on the basic flags.
+        trusted = proc and ("avx2" in proc) == avx2 and ("avx512f" in proc) == avx512 and \
+            ("avx512_vnni" in proc) == vnni512
+        if trusted and "amx_int8" in proc:
+            return "amx"
+        if vnni512:
+            return "avx512-vnni"
+        if avx512:
+            return "avx512"
+        if avx2 and trusted and "avx_vnni" in proc:
+            return "avx-vnni"
+        if avx2 and feats.get("FMA3", True):
+            return "x86-64-v3"
+        return "x86-64-v2"
+    if machine in ("aarch64", "arm64"):
+        if "i8mm" in proc or feats.get("I8MM", False):
+            return "armv8.6-i8mm"
+        if "asimddp" in proc or feats.get("ASIMDDP", False):
+            return "armv8.2-dotprod"
+        return "armv8"
+    return None
+
+
+def cpu_isa() -> str | None:
+    """This process's instruction-set class, e.g. 'x86-64-v3': what the runtimes' INT8 kernels dispatch on.
+    NumPy's feature table asks CPUID, as MLAS and oneDNN do, so it is right under qemu-user emulation too."""
+    import platform
+
+    return classify_isa(platform.machine(), cpu_features(), _proc_flags())
 
 
 # ---------------------------------------------------------------------------------------------
