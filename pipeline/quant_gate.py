@@ -15,9 +15,14 @@ HINT = ("raise the budget, use more calibration samples or another calibration.m
         "or allow more layers in float (quantize.max_fallback_layers)")
 
 
-def _tried_lines(tried: list[dict]) -> str:
-    return "; ".join(f"kept {t['kept_in_float'] or 'none'} in float -> val drop {t['val_accuracy_drop']:.4f}"
-                     for t in tried)
+def _tried_lines(tried: list[dict[str, Any]]) -> str:
+    def line(t: dict[str, Any]) -> str:
+        head = f"kept {t['kept_in_float'] or 'none'} in float -> "
+        if t.get("val_accuracy_drop") is None:  # a candidate the backend refused, or with no INT8 layer left
+            return head + f"skipped ({t.get('skipped') or 'not built'})"
+        return head + f"val drop {t['val_accuracy_drop']:.4f}"
+
+    return "; ".join(line(t) for t in tried)
 
 
 def decide_target(qcfg: Any, quant_metrics: dict[str, Any], eval_metrics: dict[str, Any]) -> dict[str, Any]:
