@@ -27,6 +27,7 @@ from pipeline.stages.target import (TargetOutcome, built_from, estimate_for, hos
                                     run_compile, run_convert, run_evaluate, run_quantize)
 from pipeline.stages.teacher import run_teacher
 from pipeline.stats import wilson_interval
+from targets.isa import host_isa
 from targets.base import get_backend
 
 RUN_SCHEMA_VERSION = "1"
@@ -89,6 +90,11 @@ def select_profiles(requested: list[str], profile_paths: Sequence[str] = (),
 def run_pipeline(recipe, out: Path, profile_paths: Sequence[str] = (), console=None) -> RunResult:
     out = Path(out)
     profiles, skipped = select_profiles(recipe.targets, profile_paths, recipe.isa)
+    if recipe.quantize.emulate:  # a missing qemu stops the run here (exit 3), before any stage runs
+        from pipeline.numerics import numerics_for, qemu_path
+
+        if any(numerics_for(p, get_backend(p.backend), None, True).mode == "emulated" for p in profiles):
+            qemu_path()
     from pipeline.device import from_recipe
 
     from_recipe(recipe)  # device=cuda without a GPU stops here (exit 3), before any stage runs
@@ -153,13 +159,14 @@ def run_target(runner: Runner, recipe, profile, data, calib, pruned, export, tea
         bench = None
         if recipe.benchmark.enabled and backend.host_source != "estimated":
             threads = host_threads(profile, recipe.benchmark)
-            cases = [{"name": "int8", "model": variants["int8"].model_file, "threads": threads,
-                      "source": backend.host_source},
+            # A host of another instruction-set class runs other kernels: its timings are host-measured.
+            src = backend.host_source if not profile.isa or profile.isa == host_isa() else "host-measured"
+            cases = [{"name": "int8", "model": variants["int8"].model_file, "threads": threads, "source": src},
                      {"name": "fp32", "model": variants["fp32"].model_file, "threads": threads,
-                      "source": backend.host_source, "precision_hint": "f32"}]
+                      "source": src, "precision_hint": "f32"}]
             if profile.backend == "openvino":
                 cases.append({"name": "bf16", "model": variants["fp32"].model_file, "threads": threads,
-                              "source": backend.host_source, "precision_hint": "bf16"})
+                              "source": src, "precision_hint": "bf16"})
             bench = run_benchmark(runner, recipe, f"benchmark-{profile.name}", f"benchmark [{profile.name}]", cases,
                                   inputs={"quantize": quant, "convert": conv}, extra_config=profile.name)
             oc.stages["benchmark"] = bench
@@ -248,7 +255,8 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
     for oc in outcomes:
         p = oc.profile
         st = oc.stages
-        entry: dict[str, Any] = {"profile": p.name, "backend": p.backend, "cpu_arch": p.cpu_arch, "failed": oc.failed}
+        entry: dict[str, Any] = {"profile": p.name, "backend": p.backend, "cpu_arch": p.cpu_arch, "failed": oc.failed,
+                                 "isa": {"target": p.isa, "host": host_isa()}}
         if "quantize" in st:
             q = st["quantize"]
             entry["quantize"] = {k: q.metrics.get(k) for k in ("kept_in_float", "tried", "budget", "val_accuracy_drop",
@@ -267,6 +275,10 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
             for variant in ("int8", "fp32"):
                 b = built_from(st.get("quantize_qat") if st.get("quantize_mode") == "qat" else st["quantize"], variant) \
                     if variant == "int8" else built_from(st["convert"], variant)
+                if variant == "int8":  # the INT8 scheme chosen for the target's ISA, and what computed the accuracy
+                    entry["isa"].update(scheme=b.info.get("scheme"),
+                                        evaluated_with=(ev[variant].get("isa") or {}).get("evaluated_with"),
+                                        mode=(ev[variant].get("isa") or {}).get("mode"))
                 bm = bench.get(variant)
                 latency = bm["latency_ms"] if bm else (est.get("latency_ms") if variant == "int8" else _na())
                 rss = bm["peak_rss_mb"] if bm else (est.get("peak_rss_mb") if variant == "int8" else
@@ -285,7 +297,8 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
                                  accuracy_ci95=ev[variant].get("accuracy_ci95"),
                                  accuracy_provenance=figure(
                                      ev[variant]["accuracy"], ev[variant].get("source"), ev[variant].get("runtime"),
-                                     ev[variant].get("host"), split="test", samples=ev[variant].get("samples")),
+                                     ev[variant].get("host"), split="test", samples=ev[variant].get("samples"),
+                                     isa=ev[variant].get("isa")),
                                  estimated_latency_ms=est.get("latency_ms") if variant == "int8" else None,
                                  model_path=_model_path(runner, b.model_file)))
             if "bf16" in bench:

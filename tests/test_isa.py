@@ -292,3 +292,36 @@ def test_latency_fallback_records_refused_sets_and_goes_on(tiny, tmp_path):
     assert skipped and skipped[0]["float_layers"] == ["c"] and "refused" in skipped[0]["skipped"]
     assert any(t.get("skipped") for t in tried)
     json.dumps(frontier, allow_nan=False)  # valid JSON: no NaN for the skipped rows
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-x86_64 (Debian package qemu-user) is not installed")
+def test_run_for_an_avx2_target_labels_every_int8_figure_with_its_isa(tmp_path):
+    """`run --target onnxruntime` (profile isa x86-64-v3) with quantize.emulate: INT8 accuracy computed with
+    x86-64-v3 kernels (under qemu when this host is another class), within 1 point of FP32, every figure labelled."""
+    from conftest import fast_args, read_run, run_cli
+
+    out = tmp_path / "emu"
+    p = run_cli("run", "--target", "onnxruntime", "--target", "jetson", "--out", str(out),
+                *fast_args(["quantize.emulate=true", "quantize.mode=ptq"]))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    s = read_run(out)
+    assert s["environment"]["isa"] == HOST
+    ort = s["targets"]["onnxruntime"]["isa"]
+    assert ort["target"] == "x86-64-v3" and ort["host"] == HOST and ort["scheme"]["reduce_range"] is True
+    want = "native" if HOST == "x86-64-v3" else "emulated"
+    assert ort["mode"] == want and "x86-64-v3" in ort["evaluated_with"], ort
+    row = next(a for a in s["artifacts"] if a["name"] == "onnxruntime:int8")
+    assert row["accuracy_provenance"]["isa"]["evaluated_with"] == ort["evaluated_with"]
+    assert row["accuracy_provenance"]["source"] == ("measured" if HOST == "x86-64-v3" else "host-measured")
+    assert HOST in row["accuracy_provenance"]["host"]
+    student = next(a for a in s["artifacts"] if a["name"] == "student")["accuracy"]
+    assert row["accuracy"] >= student - 0.01, (row["accuracy"], student)
+    trt = s["targets"]["jetson-orin-nano"]["isa"]
+    assert trt["mode"] == "exact" and "exact fake-quant" in trt["evaluated_with"]
+    jet = next(a for a in s["artifacts"] if a["name"] == "jetson-orin-nano:int8")
+    assert jet["accuracy"] >= student - 0.01, (jet["accuracy"], student)
+    assert "accuracy computed with" in p.stdout
+    bundle = next(out.glob("stages/bundle-onnxruntime/**/manifest.json"))
+    man = json.loads(bundle.read_text())
+    assert man["isa"]["target"] == "x86-64-v3" and man["isa"]["build_host"] == HOST
+    assert man["isa"]["scheme"]["reduce_range"] is True

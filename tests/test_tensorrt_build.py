@@ -94,6 +94,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 # ------------------------------------------------------------------------------------------ make_trt_qdq
 
+@pytest.mark.isa_lane
 def test_make_trt_qdq_passes_lint_and_agrees_with_fp32(models):
     import onnxruntime as ort
 
@@ -104,6 +105,9 @@ def test_make_trt_qdq_passes_lint_and_agrees_with_fp32(models):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     ref = ort.InferenceSession(str(models["fp32"]), so, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    # TensorRT's numbers are the exact QDQ math: ONNX Runtime with graph optimizations off computes them on any
+    # host (0.985 agreement), its fused integer kernels do not on AVX2 without VNNI (0.82, saturation).
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     q = ort.InferenceSession(str(models["qdq"]), so, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     agreement = float((ref.argmax(1) == q.argmax(1)).mean())
     assert agreement >= 0.9, agreement

@@ -100,11 +100,16 @@ def _load_profile(name: str | None, *, required: bool):
         return None
 
 
-def host_source(backend: str | None) -> str:
-    """Label of a number timed on this host for a target of ``backend`` (docs/CI.md: sources).
-    TensorRT's host path is an estimate; running its QDQ ONNX here is a host measurement of the artifact."""
+def host_source(backend: str | None, isa: str | None = None) -> str:
+    """Label of a number timed on this host for a target of ``backend`` (docs/CI.md: sources) whose CPU is of
+    instruction-set class ``isa``. TensorRT's host path is an estimate; running its QDQ ONNX here is a host
+    measurement of the artifact; a host of another class than the target's runs other kernels (host-measured)."""
     if not backend:
         return "measured"
+    from targets.isa import host_isa
+
+    if isa and isa != host_isa():
+        return "host-measured"
     try:
         from targets.base import get_backend
 
@@ -200,7 +205,8 @@ def plan_run(run_dir: Path, settings: Settings) -> Plan:
                 "device_measured": dev if dev and dev.get("batch") in (None, b) else None,
                 "model_path": str(model), "name": _case_name(name, b), "batch": b, "threads": threads,
                 "precision_hint": hint, "precision": a.get("precision"),
-                "source": settings.source or host_source(backend),
+                "source": settings.source or host_source(backend, ((targets.get(target) or {}).get("isa") or {})
+                                                         .get("target") if target else None),
                 "accuracy": acc, "accuracy_source": acc_source, "accuracy_samples": test_samples,
                 "profile": (forced.name if forced else target) or None, "notes": notes,
             })
@@ -283,7 +289,7 @@ def plan_bundle(root: Path, label: str, settings: Settings, *, original: Path | 
             cases.append({
                 "model_path": str(f), "name": _case_name(artifact, b), "batch": b, "threads": threads,
                 "precision_hint": model.get("precision_hint"), "precision": model.get("precision"),
-                "source": settings.source or host_source(prof.get("backend")),
+                "source": settings.source or host_source(prof.get("backend"), prof.get("isa")),
                 "accuracy": acc.get("value"), "accuracy_source": acc_source,
                 "accuracy_samples": acc.get("samples"), "profile": name, "notes": notes, "artifact_label": label_f,
             })

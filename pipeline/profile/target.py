@@ -108,7 +108,8 @@ def profile_target(run_dir: Path, run: dict, target: str, threads: int | None = 
     from pipeline.commands.bench import host_source
 
     variants = profile_models(backend, models, threads, iterations, warmup)
-    doc = profile_doc(prof, backend, host_source(backend), host_name(), threads, variants, index)
+    doc = profile_doc(prof, backend, host_source(backend, (t.get("isa") or {}).get("target")), host_name(), threads,
+                      variants, index)
     bench = {v: (_artifact(run, prof, a) or {}).get("latency_ms", {}).get("p50") for v, a in
              (("float", "fp32"), ("int8", "int8"))}
     doc["benchmark_p50_ms"] = bench  # the run's own benchmark (child processes, Model.run), for comparison

@@ -282,6 +282,8 @@ def run_evaluate(runner: Runner, recipe, profile, data: StageResult, export: Sta
                 "runtime": runtime_label(built.numerics), "host": host_class(),
                 "isa": {"target": profile.isa, "host": host_isa(), "evaluated_with": n.label, "mode": n.mode},
             }
+            if built.precision != "fp32":
+                ctx.notes.append(f"{name} accuracy computed with {n.label}")
         ctx.metrics["fp32_student_accuracy"] = student_acc
         ctx.metrics["fp32_student_accuracy_ci95"] = list(
             wilson_interval(int((ref.argmax(1) == splits.y_test).sum()), len(splits.y_test)))
