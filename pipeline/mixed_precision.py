@@ -116,19 +116,25 @@ def choose(trials: Sequence[Trial], budget: float) -> Trial | None:
     return min(ok, key=lambda t: (t.latency_ms, len(t.float_layers))) if ok else None
 
 
-def latency_source(backend: Any, numerics: str) -> tuple[str, str]:
-    """(source label, runtime) of host latencies for a backend; TensorRT's QDQ model runs in ONNX Runtime here."""
+def latency_source(backend: Any, numerics: str, target_isa: str | None = None) -> tuple[str, str]:
+    """(source label, runtime) of host latencies for a backend; TensorRT's QDQ model runs in ONNX Runtime here.
+    A host of another instruction-set class than the target's runs other kernels: host-measured."""
     if backend.host_source == "estimated":
         return "host-measured", "onnxruntime (reference runtime for TensorRT; not TensorRT's own latency)"
+    from targets.isa import host_isa
+
+    here = host_isa()
+    if target_isa and target_isa != here:
+        return "host-measured", f"{numerics} on {here} (target {target_isa})"
     return backend.host_source, numerics
 
 
 def latency_fallback(layers: list[str], attempt: Callable[[list[str], str], tuple[Any, float]], base: Any,
                      base_drop: float, ref_acc: float, q: Any, tried: list[dict], backend: Any, example: np.ndarray,
-                     threads: int | None) -> tuple[tuple[Any, float] | None, list[dict]]:
+                     threads: int | None, target_isa: str | None = None) -> tuple[tuple[Any, float] | None, list[dict]]:
     """Sensitivity and latency cost per layer, then candidate sets built and measured; returns
     ((built, val drop) of the chosen set or None, frontier rows)."""
-    source, runtime = latency_source(backend, base.numerics)
+    source, runtime = latency_source(backend, base.numerics, target_isa)
     built: dict[tuple[str, ...], Any] = {(): base}
     trials: dict[tuple[str, ...], Trial] = {(): Trial([], base_drop, ref_acc - base_drop, kind="int8")}
     skipped: list[Trial] = []

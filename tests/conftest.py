@@ -32,6 +32,14 @@ if os.environ.get("PIPELINE_TEST_EMULATE") == "1":
     FAST_SETS.append("quantize.emulate=true")
 
 
+def x86_source() -> str:
+    """The source of an x86 target's INT8 or latency figure here: its profiles deploy to x86-64-v3 (AVX2), so on a
+    host of another instruction-set class (a VNNI machine) the figure is host-measured, not measured."""
+    from targets.isa import host_isa
+
+    return "measured" if host_isa() == "x86-64-v3" else "host-measured"
+
+
 def fast_args(extra_sets: list[str] = ()) -> list[str]:
     args = []
     for s in [*FAST_SETS, *extra_sets]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import fast_args, read_run, run_cli
+from conftest import fast_args, read_run, run_cli, x86_source
 from pipeline.mixed_precision import Trial, choose, measure_latencies, plan_sets
 
 # Measured inputs fed in: layer "a" alone recovers the budget but costs 0.30 ms in float; "b" and "c"
@@ -60,7 +60,8 @@ def test_measure_latencies_times_real_models(tmp_path):
     assert lat_small["s"] > 0 and lat_big["b"] > lat_small["s"]  # 4x 64-channel convs vs one 4-channel conv
 
 
-BAD_CALIBRATION = ["calibration.method=percentile", "calibration.percentile=51", "quantize.max_accuracy_drop=0.005",
+# 95th-percentile clipping hurts INT8 while some layers in float recover it (see tests/test_accuracy_budget.py)
+BAD_CALIBRATION = ["calibration.method=percentile", "calibration.percentile=95", "quantize.max_accuracy_drop=0.005",
                    "quantize.max_fallback_layers=8", "quantize.max_fallback_trials=6", "quantize.mode=ptq"]
 
 
@@ -71,7 +72,9 @@ def test_real_run_records_the_frontier_and_ships_the_fastest_holding_set(tmp_pat
     q = read_run(out)["targets"]["onnxruntime"]["quantize"]
     front = q["frontier"]
     assert front[0]["kind"] == "int8" and front[0]["float_layers"] == []
-    assert all(f["latency_ms"] > 0 and f["source"] == "measured" and f["runtime"] == "onnxruntime" for f in front)
+    built = [f for f in front if not f.get("skipped")]  # skipped: a set that leaves no INT8 layer
+    assert all(f["latency_ms"] > 0 and f["source"] == x86_source() and f["runtime"].startswith("onnxruntime")
+               for f in built)
     chosen = [f for f in front if f["chosen"]]
     assert len(chosen) == 1 and chosen[0]["holds_budget"]
     assert sorted(chosen[0]["float_layers"]) == sorted(q["kept_in_float"])

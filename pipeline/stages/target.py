@@ -174,7 +174,7 @@ def run_quantize(runner: Runner, recipe, profile, backend: Backend, data, export
 
                 layers = backend.quantizable_layers(export.path("model.onnx"), load_model(model_stage.dir))
                 fallback, frontier = latency_fallback(layers, attempt, built, drop, ref_acc, q, tried, backend,
-                                                      splits.x_val[:1], threads)
+                                                      splits.x_val[:1], threads, profile.isa)
             else:
                 fallback = _fallback(backend, export, model_stage, attempt, drop, q, tried)
             if fallback is not None:
