@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 from onnx import numpy_helper
 
-from conftest import artifact, fast_args, read_run, run_cli
+from conftest import artifact, fast_args, read_run, run_cli, x86_source
 
 
 def test_run_json_has_the_documented_fields(fast_run):
@@ -49,8 +49,9 @@ def test_student_is_small_and_the_int8_gate_is_recorded(fast_run):
 def test_onnxruntime_int8_is_measured(fast_run):
     s = read_run(fast_run)
     a = artifact(s, "onnxruntime:int8")
-    assert a["latency_ms"]["source"] == "measured" and a["latency_ms"]["p50"] > 0
-    assert a["peak_rss_mb"]["source"] == "measured" and a["peak_rss_mb"]["value"] is not None
+    # measured on an x86-64-v3 host; on a host of another instruction-set class, host-measured (other kernels)
+    assert a["latency_ms"]["source"] == x86_source() and a["latency_ms"]["p50"] > 0
+    assert a["peak_rss_mb"]["source"] == x86_source() and a["peak_rss_mb"]["value"] is not None
     assert a["size_bytes"] < artifact(s, "student")["size_bytes"]
 
 
