@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from pipeline import strict_json
 
 
 @dataclass
@@ -109,7 +110,7 @@ def write_check_report(out_dir: Path | None, model_file: Path, suffix: str, repo
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{Path(model_file).stem}_{suffix}.json").write_text(json.dumps(report, indent=2))
+        (out_dir / f"{Path(model_file).stem}_{suffix}.json").write_text(strict_json.dumps(report, indent=2))
     return report
 
 

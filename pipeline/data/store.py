@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline.data.types import Splits
 from pipeline.errors import DataError
+from pipeline import strict_json
 
 SPLITS = ("train", "val", "test")
 CHUNK = 256  # images decoded and written at a time: the data stage's working set
@@ -263,7 +264,7 @@ def build_store(cfg, seed: int, out: Path, chunk: int = CHUNK,
     info["notes"] = plan.notes + plan.finish(counts)
     info["fixed_splits"] = sorted(plan.fixed or {})  # splits the source fixed (the teacher check reads it)
     info["preprocessing"] = preprocessing_spec(cfg)
-    (out / "store.json").write_text(json.dumps(info, indent=2))
+    (out / "store.json").write_text(strict_json.dumps(info, indent=2))
     return info
 
 

@@ -20,6 +20,7 @@ from pipeline.provenance import float_compute_layers, precision_label
 from pipeline.runner import Runner, StageContext, StageResult, environment
 from pipeline.stages.data import read_splits
 from pipeline.stats import format_ci
+from pipeline import strict_json
 
 MANIFEST_SCHEMA_VERSION = "1"
 STANDALONE = Path(__file__).resolve().parents[2] / "targets" / "standalone"
@@ -115,7 +116,7 @@ def run_bundle(runner: Runner, recipe, profile, backend, data: StageResult, quan
             logits = m.run(xin)[0]
             samples.append({"file": fname, "label": int(splits.y_test[i]), "top1": int(logits.argmax()),
                             "logits": [float(v) for v in logits]})
-        (root / "samples" / "expected.json").write_text(json.dumps(
+        (root / "samples" / "expected.json").write_text(strict_json.dumps(
             {"atol": 1e-3, "runtime": m.runtime, "runtime_version": m.runtime_version, "samples": samples}, indent=1))
         ev = evaluate.metrics["int8"]
         bm = (bench.metrics.get("int8") if bench else None) or {}
@@ -167,7 +168,7 @@ def run_bundle(runner: Runner, recipe, profile, backend, data: StageResult, quan
         (root / "README.md").write_text(_readme(manifest, notes))
         manifest["files"] = {p.relative_to(root).as_posix(): sha256_file(p)
                              for p in sorted(root.rglob("*")) if p.is_file()}
-        (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        (root / "manifest.json").write_text(strict_json.dumps(manifest, indent=2))
         write_checksums(root)
         make_tarball(root, ctx.dir / f"{name}.tar.gz")
         ctx.metrics.update(bundle=f"{name}", tarball=f"{name}.tar.gz", files=len(manifest["files"]) + 2)

@@ -22,6 +22,7 @@ from pipeline.stages.data import read_splits
 from pipeline.stages.models import load_model
 from pipeline.stats import paired_change, wilson_interval
 from targets.base import Backend, BuiltModel, CalibrationSpec, QuantizeRequest, get_backend
+from pipeline import strict_json
 
 
 BACKEND_TOOLS = {
@@ -253,7 +254,7 @@ def run_benchmark(runner: Runner, recipe, name: str, label: str, cases: list[dic
                 case["model"], name=case["name"], batch=b.batch, threads=case["threads"],
                 precision_hint=case.get("precision_hint"), repeats=b.repeats, warmup=b.warmup,
                 min_iters=b.min_iters, min_time=b.min_time_s, source=case["source"])
-        (ctx.dir / "bench.json").write_text(json.dumps(results, indent=2))
+        (ctx.dir / "bench.json").write_text(strict_json.dumps(results, indent=2))
         ctx.metrics.update({k: _bench_summary(v) for k, v in results.items()})
 
     from pipeline.runner import environment

@@ -332,6 +332,17 @@ def measure(
     }
 
 
+def _finite(v):
+    """Non-finite floats as null: JSON has no NaN/Infinity (a figure that is not finite is unknown)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
 def _jsonable(v):
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
@@ -408,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the runtime failed while running
         print(f"bench.py: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    text = json.dumps(result, indent=2)
+    text = json.dumps(_finite(result), indent=2, allow_nan=False)  # strict JSON: never NaN/Infinity literals
     if args.json_out and os.path.exists(args.json_out) and not os.path.isfile(args.json_out):
         with open(args.json_out, "w") as f:  # /dev/null or a FIFO: never rename over a device
             f.write(text + "\n")
