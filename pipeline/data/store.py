@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -204,7 +205,7 @@ def plan_source(cfg) -> SourcePlan:
 
 
 def split_of_plan(plan: SourcePlan, cfg, seed: int) -> dict[str, np.ndarray]:
-    from pipeline.data.datasets import complete_splits, split_indices
+    from pipeline.data.datasets import complete_splits, every_class_in_every_split, split_indices
 
     if len(plan.labels) == 0:
         raise DataError(f"the dataset {cfg.source} {cfg.path or ''} holds no images",
@@ -213,12 +214,32 @@ def split_of_plan(plan: SourcePlan, cfg, seed: int) -> dict[str, np.ndarray]:
         splits = complete_splits(plan.fixed, plan.labels, cfg, seed)
     else:
         splits = split_indices(plan.labels, cfg.split.val, cfg.split.test, seed)
+    carved = [s for s in ("val", "test") if s not in (plan.fixed or {})]
+    for line in every_class_in_every_split(splits, plan.labels, plan.class_names, carved, seed):
+        print(line, file=sys.stderr, flush=True)
+        plan.notes.append(line)
     if cfg.limit is not None and len(splits["train"]) > cfg.limit:
-        splits["train"] = np.sort(np.random.default_rng(seed).choice(splits["train"], cfg.limit, replace=False))
+        splits["train"] = _limited(splits["train"], plan.labels, cfg.limit, seed)
     for name in SPLITS:
         if len(splits[name]) == 0:
             raise DataError(f"the {name} split of {cfg.source} is empty", hint="add images or change data.split")
     return splits
+
+
+def _limited(train: np.ndarray, labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """`limit` training images (seeded) that keep every class of train (one image each at least)."""
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(train, limit, replace=False)
+    classes = np.unique(labels[train])
+    lost = np.setdiff1d(classes, labels[pick])
+    if len(lost) and limit >= len(classes):
+        keep = [int(rng.choice(train[labels[train] == c])) for c in lost]
+        counts = np.bincount(labels[pick])
+        for new in keep:  # replace an image of the most common class, never a class's last one
+            c = int(np.argmax(counts))
+            j = int(np.flatnonzero(labels[pick] == c)[0])
+            pick[j], counts[c] = new, counts[c] - 1
+    return np.sort(pick)
 
 
 def chunks(idx: np.ndarray, size: int) -> Iterator[np.ndarray]:

@@ -1,0 +1,82 @@
+"""Data integrity (issue 18 #1): no silent relabelling, every class in every split, no silent loss of colour.
+
+Fixtures are folders laid out like public datasets (path/<class>/*.png, train/val/test/<class>/), images made
+with Pillow in the relevant modes; the loaders run in-process through the same store as the data stage
+(pipeline/data/store.py), the CLI where its terminal output is the subject.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.data.store import load_splits  # noqa: E402
+from pipeline.recipe import DataConfig  # noqa: E402
+
+
+def cfg(path, **kw) -> DataConfig:
+    return DataConfig(source=kw.pop("source", "auto"), path=str(path), input_size=kw.pop("input_size", 8), **kw)
+
+
+def pngs(d: Path, n: int, start: int = 0, mode: str = "L", colour=None, seed: int = 0) -> list[Path]:
+    """n distinct small PNGs in folder d (noise around `colour`, so no two files are byte-identical)."""
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed + start + hash(d.name) % 1000)
+    out = []
+    for i in range(start, start + n):
+        base = np.array(colour if colour is not None else 120, dtype=np.int16)
+        c = 3 if mode == "RGB" else 1
+        a = (base + rng.integers(-20, 21, size=(8, 8, c))).clip(0, 255).astype(np.uint8)
+        img = Image.fromarray(a if c == 3 else a[..., 0], mode)
+        img.save(d / f"{i:04d}.png")
+        out.append(d / f"{i:04d}.png")
+    return out
+
+
+# --------------------------------------------------------------------------- every class in every split
+
+
+@pytest.mark.parametrize("rare", [3, 4, 5])
+def test_rare_class_is_in_every_split(tmp_path, rare, capsys):
+    """3..5 'rare' among 300 'common' (split by ratio): stratification alone leaves val without 'rare'."""
+    pngs(tmp_path / "common", 300)
+    pngs(tmp_path / "rare", rare, colour=200)
+    s = load_splits(cfg(tmp_path), seed=0)
+    rare_id = s.class_names.index("rare")
+    for name in ("train", "val", "test"):
+        y = getattr(s, f"y_{name}")
+        assert (y == rare_id).sum() >= 1, f"no 'rare' image in {name}"
+    assert len(s.y_train) + len(s.y_val) + len(s.y_test) == 300 + rare, "nothing duplicated or dropped"
+    err = capsys.readouterr().err
+    if rare == 3:  # stratified splitting rounds one carved split's 'rare' to 0 (3 = 2 train + 1 val + 0 test)
+        assert "split got 1 image each of 'rare' from train" in err, err
+        assert any("every class is in every split" in n for n in s.notes)
+
+
+def test_fixed_val_folder_without_a_class_is_named(tmp_path, capsys):
+    """A fixed val/ whose 'rare' folder is empty (allowed: the class exists): the run says which class is
+    missing where, instead of selecting the model on a val split that cannot see it."""
+    pngs(tmp_path / "train" / "common", 40)
+    pngs(tmp_path / "train" / "rare", 6, colour=200)
+    pngs(tmp_path / "val" / "common", 10, start=100)
+    (tmp_path / "val" / "rare").mkdir(parents=True)
+    s = load_splits(cfg(tmp_path), seed=0)
+    err = capsys.readouterr().err
+    assert "warning: the val split holds no image of class 'rare' (it is a fixed split folder)" in err, err
+    assert any("no image of class 'rare'" in n for n in s.notes)
+    assert (s.y_test == s.class_names.index("rare")).sum() >= 1, "the carved test split still gets one"
+
+
+def test_limit_keeps_every_class_in_train(tmp_path):
+    pngs(tmp_path / "common", 200)
+    pngs(tmp_path / "rare", 5, colour=200)
+    for seed in range(5):
+        s = load_splits(cfg(tmp_path, limit=10), seed=seed)
+        assert len(s.y_train) == 10 and set(s.y_train.tolist()) == {0, 1}, seed
