@@ -80,3 +80,85 @@ def test_limit_keeps_every_class_in_train(tmp_path):
     for seed in range(5):
         s = load_splits(cfg(tmp_path, limit=10), seed=seed)
         assert len(s.y_train) == 10 and set(s.y_train.tolist()) == {0, 1}, seed
+
+
+# --------------------------------------------------------------------------- links and duplicates
+
+
+def test_symlink_loop_in_a_class_folder_is_not_followed(tmp_path, capsys):
+    """`a/loop -> ..` (the issue's case: 60 files became 557 images, b's relabelled 'a'): each file once."""
+    pngs(tmp_path / "a", 30, colour=60)
+    pngs(tmp_path / "b", 30, colour=200)
+    os.symlink("..", tmp_path / "a" / "loop")
+    os.symlink(".", tmp_path / "b" / "self")
+    s = load_splits(cfg(tmp_path), seed=0)
+    assert s.class_names == ["a", "b"]
+    assert len(s.y_train) + len(s.y_val) + len(s.y_test) == 60
+    assert np.bincount(np.concatenate([s.y_train, s.y_val, s.y_test])).tolist() == [30, 30]
+    err = capsys.readouterr().err
+    assert "warning: 2 linked folder(s)" in err and "a/loop" in err and "link loop" in err, err
+
+
+def test_link_into_another_class_is_not_followed(tmp_path, capsys):
+    pngs(tmp_path / "cat", 12, colour=60)
+    pngs(tmp_path / "dog", 12, colour=200)
+    os.symlink(tmp_path / "dog", tmp_path / "cat" / "more")
+    s = load_splits(cfg(tmp_path), seed=0)
+    assert np.bincount(np.concatenate([s.y_train, s.y_val, s.y_test])).tolist() == [12, 12]
+    assert "inside another class folder" in capsys.readouterr().err
+
+
+def test_a_linked_folder_outside_the_dataset_is_followed_once(tmp_path, capsys):
+    """A class folder holding links to images kept elsewhere (a common way to build a subset) is read; two
+    links to the same folder, and a file linked twice, give each file once."""
+    store = tmp_path / "store"
+    pngs(store, 10, colour=200)
+    data = tmp_path / "data"
+    pngs(data / "a", 10, colour=60)
+    (data / "b").mkdir()
+    os.symlink(store, data / "b" / "x")
+    os.symlink(store, data / "b" / "y")
+    os.symlink(store / "0000.png", data / "b" / "again.png")
+    s = load_splits(cfg(data), seed=0)
+    assert np.bincount(np.concatenate([s.y_train, s.y_val, s.y_test])).tolist() == [10, 10]
+    err = capsys.readouterr().err
+    assert "a link loop" in err and "reached by two paths" in err, err
+
+
+def test_byte_identical_files_in_two_classes_are_reported(tmp_path, capsys):
+    """The same 30 files copied into two class folders: one warning with the count and an example."""
+    pngs(tmp_path / "a", 40, colour=60)
+    pngs(tmp_path / "b", 40, colour=200)
+    for f in sorted((tmp_path / "a").glob("*.png"))[:30]:
+        (tmp_path / "b" / f"copy_{f.name}").write_bytes(f.read_bytes())
+    s = load_splits(cfg(tmp_path), seed=0)
+    err = capsys.readouterr().err
+    assert "warning: 30 image(s) in" in err and "byte-identical across classes (60 files" in err, err
+    assert any("byte-identical across classes" in n for n in s.notes)
+
+
+def test_duplicates_across_splits_leave_the_test_side(tmp_path, capsys):
+    """Kaggle-style train/ and test/ folders sharing 8 files: those 8 are removed from test (never scored on
+    an image the model trained on); a by-ratio folder with copies likewise keeps them out of test."""
+    for c, colour in (("cat", 60), ("dog", 200)):
+        pngs(tmp_path / "train" / c, 30, colour=colour)
+        pngs(tmp_path / "test" / c, 10, start=100, colour=colour)
+    for f in sorted((tmp_path / "train" / "cat").glob("*.png"))[:8]:
+        (tmp_path / "test" / "cat" / f"dup_{f.name}").write_bytes(f.read_bytes())
+    s = load_splits(cfg(tmp_path), seed=0)
+    assert len(s.y_test) == 20, "the 8 copies are not scored"
+    err = capsys.readouterr().err
+    assert "removed 8 test image(s) that are byte-identical to train or val images" in err, err
+    # the digests of what was kept: no test image equals a training image
+    tr = {x.tobytes() for x in s.x_train}
+    assert not any(x.tobytes() in tr for x in s.x_test)
+
+
+def test_copies_in_one_class_split_by_ratio_never_straddle_test(tmp_path):
+    pngs(tmp_path / "a", 30, colour=60)
+    pngs(tmp_path / "b", 30, colour=200)
+    for f in sorted((tmp_path / "a").glob("*.png"))[:15]:
+        (tmp_path / "a" / f"copy_{f.name}").write_bytes(f.read_bytes())
+    s = load_splits(cfg(tmp_path), seed=0)
+    held = {x.tobytes() for x in np.concatenate([s.x_val, s.x_test])}
+    assert not any(x.tobytes() in held for x in s.x_train)

@@ -87,7 +87,7 @@ def complete_splits(fixed: dict[str, np.ndarray], labels: np.ndarray, cfg, seed:
 
 
 def every_class_in_every_split(splits: dict[str, np.ndarray], labels: np.ndarray, class_names: list[str],
-                               carved: list[str], seed: int) -> list[str]:
+                               carved: list[str], seed: int, groups: np.ndarray | None = None) -> list[str]:
     """Every class in every split: a carved split (val/test taken from train by ratio) that lacks a class gets one
     image of it moved from train (seeded), as long as train keeps one; stratified splitting alone rounds a rare
     class to 0 images (3 'rare' among 300: no 'rare' in val, whose accuracy picks the model and the INT8 budget).
@@ -104,6 +104,8 @@ def every_class_in_every_split(splits: dict[str, np.ndarray], labels: np.ndarray
         for c in np.flatnonzero(have == 0):
             train = splits["train"]
             pool = train[labels[train] == c]
+            if groups is not None:  # never move an image that has a byte-identical copy (it would leak)
+                pool = pool[groups[pool] < 0]
             if name in carved and len(pool) >= 2:
                 pick = int(rng.choice(pool))
                 splits["train"] = train[train != pick]

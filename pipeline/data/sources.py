@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import pickle
 import re
 import sys
@@ -134,19 +135,77 @@ def scan_imagefolder(cfg) -> FolderIndex:
     files: list[Path] = []
     labels: list[int] = []
     split_names: list[str] = []
+    class_dirs = [parts[sp] / c for sp in parts for c in class_names]
+    loops: list[str] = []
+    reached: dict[str, Path] = {}  # real path -> the first path it was reached by
+    twice: list[tuple[Path, Path]] = []
     for split, folder in parts.items():
         stray = loose_images(folder)
         if stray:
             _warn(f"{len(stray)} image(s) lie directly in {folder}, outside any class folder: left out "
                   f"(e.g. {stray[0].name})")
         for label, cls in enumerate(class_names):
-            for f in walk_files(folder / cls):
+            here = folder / cls
+            for f in walk_files(here, loops=loops, avoid=tuple(d for d in class_dirs if d != here)):
+                real = os.path.realpath(f)
+                if real in reached:  # one file reached by two paths (links): read once, under its first path
+                    twice.append((f, reached[real]))
+                    continue
+                reached[real] = f
                 files.append(f)
                 labels.append(label)
                 split_names.append(split)
     notes = list(layout.notes) + [f"warning: {w}" for w in layout.warnings]
+    if loops:
+        msg = (f"{len(loops)} linked folder(s) in {layout.root} not followed: {'; '.join(loops[:SHOW_BAD])}"
+               + (f" and {len(loops) - SHOW_BAD} more" if len(loops) > SHOW_BAD else ""))
+        _warn(msg)
+        notes.append(f"warning: {msg}")
+    if twice:
+        msg = (f"{len(twice)} file(s) in {layout.root} are reached by two paths (links): each read once, e.g. "
+               f"{_rel(twice[0][0], layout.root)} = {_rel(twice[0][1], layout.root)}")
+        _warn(msg)
+        notes.append(f"warning: {msg}")
     return FolderIndex(layout.root, files, np.asarray(labels, dtype=np.int64), np.asarray(split_names),
                        class_names, parts, notes)
+
+
+def _rel(p: Path, root: Path) -> str:
+    try:
+        return str(p.relative_to(root))
+    except ValueError:
+        return str(p)
+
+
+def duplicate_groups(digests: list[str | None]) -> np.ndarray:
+    """Group id per item (-1: unique or unknown): items with the same content digest share an id."""
+    first: dict[str, int] = {}
+    out = np.full(len(digests), -1, dtype=np.int64)
+    count: dict[str, int] = {}
+    for d in digests:
+        if d is not None:
+            count[d] = count.get(d, 0) + 1
+    for i, d in enumerate(digests):
+        if d is not None and count[d] > 1:
+            out[i] = first.setdefault(d, i)
+    return out
+
+
+def cross_class_note(groups: np.ndarray, labels: np.ndarray, class_names: list[str], names: list[str],
+                     where: str) -> str | None:
+    """The warning line about byte-identical images that carry different labels (None when there are none)."""
+    bad = []
+    for g in np.unique(groups[groups >= 0]):
+        idx = np.flatnonzero(groups == g)
+        if len(set(labels[idx].tolist())) > 1:
+            bad.append(idx)
+    if not bad:
+        return None
+    files = sum(len(i) for i in bad)
+    ex = bad[0]
+    shown = " = ".join(f"{names[i]} ({class_names[labels[i]]!r})" for i in ex[:3])
+    return (f"{len(bad)} image(s) in {where} are byte-identical across classes ({files} files carry two or more "
+            f"labels), e.g. {shown}: remove the copies from the wrong class")
 
 
 def read_image_or_skip(f: Path, channels: int, size: int | None, cfg,

@@ -128,6 +128,8 @@ class SourcePlan:
     read: Callable[[np.ndarray, Geometry], list[np.ndarray | None]]  # None: unreadable, skipped
     notes: list[str] = field(default_factory=list)
     finish: Callable[[dict[str, int]], list[str]] = lambda counts: []  # notes known after decoding
+    groups: np.ndarray | None = None  # per image: id shared by byte-identical images, -1 unique (duplicates)
+    names: list[str] | None = None  # per image: how messages name it (a relative path, or "x[i]")
 
 
 def _plan_folder(cfg) -> SourcePlan:
@@ -177,7 +179,25 @@ def _plan_folder(cfg) -> SourcePlan:
         msg = sources.skipped_note(index.root, bad)
         return notes + ([msg] if msg else [])
 
-    return SourcePlan(index.labels, index.class_names, fixed, read, [], finish)
+    from pipeline.data.layout import file_digest
+
+    # empty files are all "identical" and all unreadable (data.bad_images applies to them): not duplicates
+    groups = sources.duplicate_groups([file_digest(f) if _size(f) else None for f in index.files])
+    for i in np.flatnonzero(groups >= 0):  # identical broken files are skipped by data.bad_images, not deduplicated
+        try:
+            sources.read_image(index.files[i], cfg.channels, 4)
+        except sources.UnreadableImage:
+            groups[i] = -1
+    groups = sources.duplicate_groups([str(g) if g >= 0 else None for g in groups])
+    names = [sources._rel(f, index.root) for f in index.files]
+    return SourcePlan(index.labels, index.class_names, fixed, read, [], finish, groups, names)
+
+
+def _size(f: Path) -> int:
+    try:
+        return os.stat(f).st_size
+    except OSError:
+        return 0
 
 
 def _plan_raw(cfg) -> SourcePlan:
@@ -189,7 +209,13 @@ def _plan_raw(cfg) -> SourcePlan:
     def read(idx: np.ndarray, g: Geometry) -> list[np.ndarray | None]:
         return [to_stored(raw.images[i], mode, g) for i in idx]
 
-    return SourcePlan(raw.labels, raw.class_names, raw.splits, read, list(raw.notes))
+    import hashlib
+
+    from pipeline.data import sources
+
+    groups = sources.duplicate_groups([hashlib.sha256(a.tobytes()).hexdigest() for a in raw.images])
+    names = [f"image {i}" for i in range(len(raw.images))]
+    return SourcePlan(raw.labels, raw.class_names, raw.splits, read, list(raw.notes), groups=groups, names=names)
 
 
 def plan_source(cfg) -> SourcePlan:
@@ -215,7 +241,11 @@ def split_of_plan(plan: SourcePlan, cfg, seed: int) -> dict[str, np.ndarray]:
     else:
         splits = split_indices(plan.labels, cfg.split.val, cfg.split.test, seed)
     carved = [s for s in ("val", "test") if s not in (plan.fixed or {})]
-    for line in every_class_in_every_split(splits, plan.labels, plan.class_names, carved, seed):
+    lines = []
+    if plan.groups is not None:
+        lines += duplicate_lines(plan, splits, str(cfg.path or cfg.source))
+    lines += every_class_in_every_split(splits, plan.labels, plan.class_names, carved, seed, plan.groups)
+    for line in lines:
         print(line, file=sys.stderr, flush=True)
         plan.notes.append(line)
     if cfg.limit is not None and len(splits["train"]) > cfg.limit:
@@ -224,6 +254,39 @@ def split_of_plan(plan: SourcePlan, cfg, seed: int) -> dict[str, np.ndarray]:
         if len(splits[name]) == 0:
             raise DataError(f"the {name} split of {cfg.source} is empty", hint="add images or change data.split")
     return splits
+
+
+def duplicate_lines(plan: SourcePlan, splits: dict[str, np.ndarray], where: str) -> list[str]:
+    """Byte-identical images (content sha256): across classes a warning (two labels for one image); across
+    splits the copies on the held-out side are removed (test first, then val), so no test image is a training
+    image. Changes `splits` in place; returns the lines to show."""
+    from pipeline.data.sources import cross_class_note
+
+    groups, names = plan.groups, plan.names or []
+    assert groups is not None
+    lines = []
+    note = cross_class_note(groups, plan.labels, plan.class_names, names, where)
+    if note:
+        lines.append(f"warning: {note}")
+    for held, against in (("test", ("train", "val")), ("val", ("train",))):
+        inside = set(groups[np.concatenate([splits[a] for a in against])].tolist()) - {-1}
+        idx = splits[held]
+        drop = idx[np.isin(groups[idx], list(inside))] if inside else idx[:0]
+        kept = []
+        for c in np.unique(plan.labels[drop]):  # never a class's last image of that split: keep one, say so
+            if not np.isin(idx[plan.labels[idx] == c], drop, invert=True).any():
+                one = drop[plan.labels[drop] == c][0]
+                drop, kept = drop[drop != one], kept + [plan.class_names[c]]
+        if len(drop):
+            splits[held] = np.setdiff1d(idx, drop)
+            lines.append(f"data: removed {len(drop)} {held} image(s) that are byte-identical to "
+                         f"{' or '.join(against)} images (e.g. {names[int(drop[0])]}): a held-out image must not be "
+                         "one the model trained on")
+        if kept:
+            lines.append(f"warning: every {held} image of class(es) {', '.join(map(repr, kept))} is byte-identical "
+                         f"to a {' or '.join(against)} image: one kept so the class stays in {held}, its {held} "
+                         "accuracy measures memory, not generalisation; add distinct images")
+    return lines
 
 
 def _limited(train: np.ndarray, labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
