@@ -162,3 +162,52 @@ def test_copies_in_one_class_split_by_ratio_never_straddle_test(tmp_path):
     s = load_splits(cfg(tmp_path), seed=0)
     held = {x.tobytes() for x in np.concatenate([s.x_val, s.x_test])}
     assert not any(x.tobytes() in held for x in s.x_train)
+
+
+# --------------------------------------------------------------------------- colour dropped by data.channels=1
+
+
+def _colour_folder(root: Path, colours: dict[str, tuple[int, int, int]], n: int = 20) -> Path:
+    for c, rgb in colours.items():
+        pngs(root / c, n, mode="RGB", colour=rgb)
+    return root
+
+
+# red (255, 0, 0) and a green of the same luma: 0.299 * 255 = 76.2 = 0.587 * 130
+SAME_GREY = {"red": (255, 0, 0), "green": (0, 130, 0)}
+
+
+def test_colour_classes_with_the_same_grey_warn(tmp_path, capsys):
+    """The issue's case: classes that differ only in colour, default data.channels=1 -> grey means ~equal."""
+    s = load_splits(cfg(_colour_folder(tmp_path, SAME_GREY)), seed=0)
+    err = capsys.readouterr().err
+    assert "warning: data.channels=1 converts the colour images" in err and "data.channels=3" in err, err
+    assert "'green' and 'red'" in err
+    assert any("data.channels=3" in n for n in s.notes)
+    # with channels=3 nothing to say; a grey dataset (L mode) and colour that does not differ say nothing either
+    load_splits(cfg(tmp_path, channels=3, mean=[0.5], std=[0.5]), seed=0)
+    assert "data.channels" not in capsys.readouterr().err
+    grey = tmp_path / "grey"
+    pngs(grey / "dark", 20, colour=60)
+    pngs(grey / "light", 20, colour=200)
+    load_splits(cfg(grey), seed=0)
+    sepia = tmp_path / "sepia"  # every class the same tint, told apart by brightness: grey keeps the signal
+    pngs(sepia / "dark", 20, mode="RGB", colour=(80, 60, 40))
+    pngs(sepia / "light", 20, mode="RGB", colour=(220, 180, 140))
+    load_splits(cfg(sepia), seed=0)
+    assert "data.channels" not in capsys.readouterr().err
+
+
+def test_colour_npz_with_channels_1_warns_and_the_note_says_grey(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    n = 60
+    y = np.arange(n) % 2
+    x = np.zeros((n, 8, 8, 3), dtype=np.uint8)
+    x[y == 0] = SAME_GREY["red"]
+    x[y == 1] = SAME_GREY["green"]
+    x = (x.astype(np.int16) + rng.integers(-10, 11, size=x.shape)).clip(0, 255).astype(np.uint8)
+    np.savez(tmp_path / "colour.npz", x=x, y=y)
+    s = load_splits(cfg(tmp_path / "colour.npz"), seed=0)
+    err = capsys.readouterr().err
+    assert "warning: data.channels=1 converts the colour images" in err, err
+    assert any("converted to 1 channel (grey" in n for n in s.notes)

@@ -31,6 +31,7 @@ from pipeline import strict_json
 SPLITS = ("train", "val", "test")
 CHUNK = 256  # images decoded and written at a time: the data stage's working set
 HEADER_LEN = 128  # fixed .npy header length: the image count is written last, in place
+COLOUR_SAMPLE = 24  # images per class whose colour is compared when data.channels=1 drops it
 LARGE = 64  # above this input size: resize + centre crop for evaluation, RandomResizedCrop for training
 CROP_FRACTION = 0.875
 
@@ -181,6 +182,8 @@ def _plan_folder(cfg) -> SourcePlan:
 
     from pipeline.data.layout import file_digest
 
+    plan_notes: list[str] = []
+    colour_check(cfg, index.class_names, lambda c: _folder_colour_means(index, c, cfg), plan_notes)
     # empty files are all "identical" and all unreadable (data.bad_images applies to them): not duplicates
     groups = sources.duplicate_groups([file_digest(f) if _size(f) else None for f in index.files])
     for i in np.flatnonzero(groups >= 0):  # identical broken files are skipped by data.bad_images, not deduplicated
@@ -190,7 +193,41 @@ def _plan_folder(cfg) -> SourcePlan:
             groups[i] = -1
     groups = sources.duplicate_groups([str(g) if g >= 0 else None for g in groups])
     names = [sources._rel(f, index.root) for f in index.files]
-    return SourcePlan(index.labels, index.class_names, fixed, read, [], finish, groups, names)
+    return SourcePlan(index.labels, index.class_names, fixed, read, plan_notes, finish, groups, names)
+
+
+def colour_check(cfg, class_names: list[str], means: Callable[[int], np.ndarray], notes: list[str]) -> None:
+    """data.channels=1 on colour images whose colour tells the classes apart: one warning naming
+    data.channels=3 (printed, and kept in `notes`). `means(k)`: (n, 3) mean R, G, B of sampled images of class k."""
+    from pipeline.data.checks import colour_signal, colour_warning
+
+    if cfg.channels != 1:
+        return
+    signal = colour_signal([means(k) for k in range(len(class_names))], class_names)
+    if signal:
+        line = f"warning: {colour_warning(str(cfg.path or cfg.source), signal)}"
+        print(line, file=sys.stderr, flush=True)
+        notes.append(line)
+
+
+def _folder_colour_means(index, c: int, cfg) -> np.ndarray:
+    """(n, 3) mean R, G, B of up to COLOUR_SAMPLE images of class c (seeded sample, decoded small, in colour)."""
+    from pipeline.data import sources
+
+    idx = np.flatnonzero(index.labels == c)
+    per = max(4, min(COLOUR_SAMPLE, 600 // max(1, len(index.class_names))))
+    if len(idx) > per:
+        idx = np.sort(np.random.default_rng(c).choice(idx, per, replace=False))
+    out = []
+    for i in idx:
+        try:
+            a = sources.read_image(index.files[i], 3, 16).astype(np.float64)
+        except sources.UnreadableImage:
+            continue
+        if a.max(initial=0) > 255:  # high bit depth: the ratio is what matters, bring it to 0..255
+            a = a * (255.0 / a.max())
+        out.append(a.reshape(-1, 3).mean(axis=0))
+    return np.array(out).reshape(-1, 3)
 
 
 def _size(f: Path) -> int:
@@ -213,9 +250,19 @@ def _plan_raw(cfg) -> SourcePlan:
 
     from pipeline.data import sources
 
+    notes = list(raw.notes)
+    if raw.images.shape[-1] == 3 and cfg.channels == 1:
+        notes.append("data: the 3-channel images are converted to 1 channel (grey, ITU-R 601 luma) for "
+                     "data.channels=1")
+
+        def means(c: int) -> np.ndarray:
+            idx = np.flatnonzero(raw.labels == c)[:COLOUR_SAMPLE]
+            return raw.images[idx].reshape(len(idx), -1, 3).mean(axis=1)
+
+        colour_check(cfg, raw.class_names, means, notes)
     groups = sources.duplicate_groups([hashlib.sha256(a.tobytes()).hexdigest() for a in raw.images])
     names = [f"image {i}" for i in range(len(raw.images))]
-    return SourcePlan(raw.labels, raw.class_names, raw.splits, read, list(raw.notes), groups=groups, names=names)
+    return SourcePlan(raw.labels, raw.class_names, raw.splits, read, notes, groups=groups, names=names)
 
 
 def plan_source(cfg) -> SourcePlan:
