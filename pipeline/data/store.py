@@ -131,6 +131,8 @@ class SourcePlan:
     finish: Callable[[dict[str, int]], list[str]] = lambda counts: []  # notes known after decoding
     groups: np.ndarray | None = None  # per image: id shared by byte-identical images, -1 unique (duplicates)
     names: list[str] | None = None  # per image: how messages name it (a relative path, or "x[i]")
+    files: list[Path] | None = None  # per image: the raw file it was decoded from (image folders)
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # what the device must add (high_bit_full)
 
 
 def _plan_folder(cfg) -> SourcePlan:
@@ -193,7 +195,8 @@ def _plan_folder(cfg) -> SourcePlan:
             groups[i] = -1
     groups = sources.duplicate_groups([str(g) if g >= 0 else None for g in groups])
     names = [sources._rel(f, index.root) for f in index.files]
-    return SourcePlan(index.labels, index.class_names, fixed, read, plan_notes, finish, groups, names)
+    return SourcePlan(index.labels, index.class_names, fixed, read, plan_notes, finish, groups, names,
+                      list(index.files), {"high_bit_full": full} if full else {})
 
 
 def colour_check(cfg, class_names: list[str], means: Callable[[int], np.ndarray], notes: list[str]) -> None:
@@ -226,6 +229,8 @@ def _folder_colour_means(index, c: int, cfg) -> np.ndarray:
             continue
         if a.max(initial=0) > 255:  # high bit depth: the ratio is what matters, bring it to 0..255
             a = a * (255.0 / a.max())
+        if a.shape[-1] == 1:  # high bit-depth images are grey: no colour to lose
+            a = np.repeat(a, 3, axis=-1)
         out.append(a.reshape(-1, 3).mean(axis=0))
     return np.array(out).reshape(-1, 3)
 
@@ -389,12 +394,16 @@ def build_store(cfg, seed: int, out: Path, chunk: int = CHUNK,
             raise DataError(f"the {name} split of {cfg.source} holds no readable images",
                             hint="add images, or remove the empty split folder to carve it from train")
         np.save(out / f"y_{name}.npy", plan.labels[np.concatenate(kept)])
+        if name == "test":
+            test_kept = np.concatenate(kept)
         counts[name] = writer.count
         info["splits"][name] = {"images": writer.count, "sha256": sha256_file(path),
                                 "labels_sha256": sha256_file(out / f"y_{name}.npy"), "geometry": vars(g)}
     info["notes"] = plan.notes + plan.finish(counts)
     info["fixed_splits"] = sorted(plan.fixed or {})  # splits the source fixed (the teacher check reads it)
-    info["preprocessing"] = preprocessing_spec(cfg)
+    info["preprocessing"] = {**preprocessing_spec(cfg), **plan.preprocessing}
+    if plan.files is not None:  # the raw file of each test image: the bundle ships some as raw samples
+        info["splits"]["test"]["files"] = [str(plan.files[i]) for i in test_kept]
     (out / "store.json").write_text(strict_json.dumps(info, indent=2))
     return info
 
