@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
 
     global _RUN_DIR
     _RUN_DIR = None  # set by a command once it knows its run folder
+    from pipeline.console import ascii_fallback
+
+    ascii_fallback()  # an ASCII-only (or latin-1) terminal: our symbols degrade to ASCII, never a crash
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("PIPELINE_DEBUG") == "1"
     parser = build_parser()
