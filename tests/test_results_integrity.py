@@ -184,3 +184,18 @@ def test_writers_never_emit_nan_or_infinity(tmp_path):
     finally:
         sys.path.remove(str(ROOT / "targets" / "standalone"))
         sys.modules.pop("bench", None)
+
+
+def test_compare_and_every_reader_refuse_non_finite(device_result, tmp_path):
+    """`compare` reads reports and bench.py results: a NaN anywhere is refused naming the field."""
+    from pipeline.errors import DataError
+    from pipeline.measure.compare import load_report
+
+    _, good = device_result
+    load_report(good)  # the unmodified result reads
+    bad = tmp_path / "bad.json"
+    bad.write_text(_poison(json.loads(good.read_text()), ["latency_ms", "mean"], "NaN"))
+    with pytest.raises(DataError, match=r"latency_ms\.mean is NaN"):
+        load_report(bad)
+    p = run_cli("compare", str(good), str(bad))
+    assert p.returncode == 2 and "latency_ms.mean is NaN" in p.stderr, p.stdout + p.stderr
