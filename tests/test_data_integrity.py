@@ -119,10 +119,11 @@ def test_a_linked_folder_outside_the_dataset_is_followed_once(tmp_path, capsys):
     os.symlink(store, data / "b" / "x")
     os.symlink(store, data / "b" / "y")
     os.symlink(store / "0000.png", data / "b" / "again.png")
+    os.link(store / "0001.png", data / "b" / "hard.png")
     s = load_splits(cfg(data), seed=0)
     assert np.bincount(np.concatenate([s.y_train, s.y_val, s.y_test])).tolist() == [10, 10]
     err = capsys.readouterr().err
-    assert "a link loop" in err and "reached by two paths" in err, err
+    assert "a link loop" in err and "2 file(s) in" in err and "reached by two paths" in err, err
 
 
 def test_byte_identical_files_in_two_classes_are_reported(tmp_path, capsys):

@@ -137,7 +137,7 @@ def scan_imagefolder(cfg) -> FolderIndex:
     split_names: list[str] = []
     class_dirs = [parts[sp] / c for sp in parts for c in class_names]
     loops: list[str] = []
-    reached: dict[str, Path] = {}  # real path -> the first path it was reached by
+    reached: dict[object, Path] = {}  # the file (device, inode) -> the first path it was reached by
     twice: list[tuple[Path, Path]] = []
     for split, folder in parts.items():
         stray = loose_images(folder)
@@ -147,7 +147,7 @@ def scan_imagefolder(cfg) -> FolderIndex:
         for label, cls in enumerate(class_names):
             here = folder / cls
             for f in walk_files(here, loops=loops, avoid=tuple(d for d in class_dirs if d != here)):
-                real = os.path.realpath(f)
+                real = _identity(f)
                 if real in reached:  # one file reached by two paths (links): read once, under its first path
                     twice.append((f, reached[real]))
                     continue
@@ -162,12 +162,22 @@ def scan_imagefolder(cfg) -> FolderIndex:
         _warn(msg)
         notes.append(f"warning: {msg}")
     if twice:
-        msg = (f"{len(twice)} file(s) in {layout.root} are reached by two paths (links): each read once, e.g. "
+        msg = (f"{len(twice)} file(s) in {layout.root} are reached by two paths (symbolic or hard links): each read "
+               "once, e.g. "
                f"{_rel(twice[0][0], layout.root)} = {_rel(twice[0][1], layout.root)}")
         _warn(msg)
         notes.append(f"warning: {msg}")
     return FolderIndex(layout.root, files, np.asarray(labels, dtype=np.int64), np.asarray(split_names),
                        class_names, parts, notes)
+
+
+def _identity(f: Path) -> object:
+    """The file itself, however it is reached (a symbolic or a hard link): (device, inode), else its real path."""
+    try:
+        st = os.stat(f)
+        return (st.st_dev, st.st_ino)
+    except OSError:  # a broken link: the reader reports it
+        return os.path.realpath(f)
 
 
 def _rel(p: Path, root: Path) -> str:

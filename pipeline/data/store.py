@@ -133,6 +133,7 @@ class SourcePlan:
     names: list[str] | None = None  # per image: how messages name it (a relative path, or "x[i]")
     files: list[Path] | None = None  # per image: the raw file it was decoded from (image folders)
     preprocessing: dict[str, Any] = field(default_factory=dict)  # what the device must add (high_bit_full)
+    raw_image: Callable[[int], np.ndarray] | None = None  # in-memory sources: image i as decoded (uint8 HWC)
 
 
 def _plan_folder(cfg) -> SourcePlan:
@@ -267,7 +268,8 @@ def _plan_raw(cfg) -> SourcePlan:
         colour_check(cfg, raw.class_names, means, notes)
     groups = sources.duplicate_groups([hashlib.sha256(a.tobytes()).hexdigest() for a in raw.images])
     names = [f"image {i}" for i in range(len(raw.images))]
-    return SourcePlan(raw.labels, raw.class_names, raw.splits, read, notes, groups=groups, names=names)
+    return SourcePlan(raw.labels, raw.class_names, raw.splits, read, notes, groups=groups, names=names,
+                      raw_image=lambda i: raw.images[i])
 
 
 def plan_source(cfg) -> SourcePlan:
@@ -341,6 +343,24 @@ def duplicate_lines(plan: SourcePlan, splits: dict[str, np.ndarray], where: str)
     return lines
 
 
+RAW_PNGS = 2
+
+
+def _write_raw_pngs(out: Path, image: Callable[[int], np.ndarray], idx: np.ndarray) -> list[str | None]:
+    """The first RAW_PNGS test images of an array source as 8-bit PNGs (out/raw/, named relative to out): what a
+    camera hands the bundle's run.py. None for the rest (only these are shipped as raw samples)."""
+    from PIL import Image
+
+    (out / "raw").mkdir(exist_ok=True)
+    files: list[str | None] = [None] * len(idx)
+    for k, i in enumerate(idx[:RAW_PNGS]):
+        a = image(int(i))
+        path = out / "raw" / f"test_{k}.png"
+        Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a, "L" if a.shape[-1] == 1 else "RGB").save(path)
+        files[k] = path.relative_to(out).as_posix()  # relative: `out` is renamed when the stage finishes
+    return files
+
+
 def _limited(train: np.ndarray, labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     """`limit` training images (seeded) that keep every class of train (one image each at least)."""
     rng = np.random.default_rng(seed)
@@ -404,6 +424,8 @@ def build_store(cfg, seed: int, out: Path, chunk: int = CHUNK,
     info["preprocessing"] = {**preprocessing_spec(cfg), **plan.preprocessing}
     if plan.files is not None:  # the raw file of each test image: the bundle ships some as raw samples
         info["splits"]["test"]["files"] = [str(plan.files[i]) for i in test_kept]
+    elif plan.raw_image is not None:  # arrays (builtin, npz, CIFAR): the first test images as the PNG files a
+        info["splits"]["test"]["files"] = _write_raw_pngs(out, plan.raw_image, test_kept)  # device would read
     (out / "store.json").write_text(strict_json.dumps(info, indent=2))
     return info
 

@@ -64,11 +64,14 @@ def raw_samples(data: StageResult, splits, folder: Path, model) -> list[dict]:
         info = json.loads((Path(data.dir) / "store.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
-    files = info.get("splits", {}).get("test", {}).get("files") or []
+    files = [f if not f or Path(f).is_absolute() else str(Path(data.dir) / f)  # relative: the data stage's own
+             for f in info.get("splits", {}).get("test", {}).get("files") or []]
     if len(files) != len(splits.y_test):
         return []
     picked: dict[str, int] = {}
     for j, f in enumerate(files[:RAW_SCAN]):
+        if not f:
+            continue
         try:
             if os.path.getsize(f) > RAW_MAX_BYTES:
                 continue
