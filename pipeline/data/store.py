@@ -326,7 +326,7 @@ def duplicate_lines(plan: SourcePlan, splits: dict[str, np.ndarray], where: str)
         inside = set(groups[np.concatenate([splits[a] for a in against])].tolist()) - {-1}
         idx = splits[held]
         drop = idx[np.isin(groups[idx], list(inside))] if inside else idx[:0]
-        kept = []
+        kept: list[str] = []
         for c in np.unique(plan.labels[drop]):  # never a class's last image of that split: keep one, say so
             if not np.isin(idx[plan.labels[idx] == c], drop, invert=True).any():
                 one = drop[plan.labels[drop] == c][0]
