@@ -212,3 +212,16 @@ def test_colour_npz_with_channels_1_warns_and_the_note_says_grey(tmp_path, capsy
     err = capsys.readouterr().err
     assert "warning: data.channels=1 converts the colour images" in err, err
     assert any("converted to 1 channel (grey" in n for n in s.notes)
+
+
+def test_linked_class_folders_that_repeat_images_are_left_out(tmp_path, capsys):
+    """`data/all -> .` (a loop at the class level) and `data/kitty -> cat` (a second label for cat's images)."""
+    pngs(tmp_path / "cat", 12, colour=60)
+    pngs(tmp_path / "dog", 12, colour=200)
+    os.symlink(".", tmp_path / "all")
+    os.symlink("cat", tmp_path / "kitty")
+    s = load_splits(cfg(tmp_path), seed=0)
+    assert s.class_names == ["cat", "dog"]
+    assert np.bincount(np.concatenate([s.y_train, s.y_val, s.y_test])).tolist() == [12, 12]
+    err = capsys.readouterr().err
+    assert "a link loop): not a class" in err and "links to the class folder cat/" in err, err

@@ -117,7 +117,10 @@ def scan_imagefolder(cfg) -> FolderIndex:
     for line in layout.warnings:
         _warn(line)
     parts = layout.parts
-    classes_of = {name: [c.name for c in visible_dirs(d)] for name, d in parts.items()}
+    linked: list[str] = []
+    classes_of = {name: [c.name for c in _class_dirs(d, linked)] for name, d in parts.items()}
+    for line in linked:
+        _warn(line)
     if len(parts) > 1:
         all_classes = sorted(set().union(*classes_of.values()))
         differ = []
@@ -155,7 +158,7 @@ def scan_imagefolder(cfg) -> FolderIndex:
                 files.append(f)
                 labels.append(label)
                 split_names.append(split)
-    notes = list(layout.notes) + [f"warning: {w}" for w in layout.warnings]
+    notes = list(layout.notes) + [f"warning: {w}" for w in layout.warnings + linked]
     if loops:
         msg = (f"{len(loops)} linked folder(s) in {layout.root} not followed: {'; '.join(loops[:SHOW_BAD])}"
                + (f" and {len(loops) - SHOW_BAD} more" if len(loops) > SHOW_BAD else ""))
@@ -169,6 +172,26 @@ def scan_imagefolder(cfg) -> FolderIndex:
         notes.append(f"warning: {msg}")
     return FolderIndex(layout.root, files, np.asarray(labels, dtype=np.int64), np.asarray(split_names),
                        class_names, parts, notes)
+
+
+def _class_dirs(folder: Path, said: list[str]) -> list[Path]:
+    """The class folders of `folder`, less linked folders that would read images twice: a link to the folder
+    itself or an ancestor (`loop -> ..`: every class again under one label) or to another class folder (its
+    images relabelled). Each one left out is a line in `said`."""
+    dirs = visible_dirs(folder)
+    here = os.path.realpath(folder)
+    real = {d: os.path.realpath(d) for d in dirs}
+    keep = []
+    for d in dirs:
+        r = real[d]
+        if d.is_symlink() and (here == r or here.startswith(r.rstrip(os.sep) + os.sep)):
+            said.append(f"{d} links to {r}, a folder holding it (a link loop): not a class, left out")
+        elif d.is_symlink() and any(real[o] == r and (not o.is_symlink() or o.name < d.name) for o in dirs if o != d):
+            twin = next(o for o in dirs if o != d and real[o] == r and (not o.is_symlink() or o.name < d.name))
+            said.append(f"{d} links to the class folder {twin.name}/: the same images under two labels; left out")
+        else:
+            keep.append(d)
+    return keep
 
 
 def _identity(f: Path) -> object:
