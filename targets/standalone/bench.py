@@ -333,14 +333,8 @@ def measure(
 
 
 def _finite(v):
-    """Non-finite floats as null: JSON has no NaN/Infinity (a figure that is not finite is unknown)."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
-    return v
+    """Non-finite floats as null (JSON has no NaN/Infinity): json's own round trip, parse_constant -> None."""
+    return json.loads(json.dumps(v), parse_constant=lambda _: None)
 
 
 def _jsonable(v):
