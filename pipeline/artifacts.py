@@ -41,7 +41,9 @@ def sha256_json(obj: Any) -> str:
 
 
 def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    from pipeline import strict_json
+
+    return strict_json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def _disk_full(e: BaseException, where: Path) -> PipelineError:
@@ -118,7 +120,10 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Strict JSON (pipeline/strict_json.py: a non-finite float is written as null, never `NaN`/`Infinity`)."""
+    from pipeline import strict_json
+
+    return atomic_write_text(path, strict_json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -24,6 +24,7 @@ from typing import Any, Iterator, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline import strict_json
 from pipeline.artifacts import TMP_MARK, sha256_file
 from pipeline.errors import BundleError
 
@@ -396,6 +397,10 @@ def load_manifest(folder: str | Path) -> dict:
             raise BundleError(f"{path}: manifest.json is larger than {MAX_MANIFEST_BYTES} bytes",
                               hint="rebuild the bundle")
         obj = json.loads(path.read_bytes().decode("utf-8"))
+        bad = strict_json.nonfinite_fields(obj)
+        if bad:
+            raise BundleError(f"{path.name} is malformed: {bad[0][0]} is {bad[0][1]} (not a finite number, not "
+                              "valid JSON)", hint="rebuild the bundle with `python -m pipeline run`")
     except BundleError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError, OSError) as e:

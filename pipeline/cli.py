@@ -172,11 +172,37 @@ def _map_environment_error(e: BaseException):
     return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a `kill`, a CI timeout, systemd): unwound like Ctrl-C, so the stage being written is removed
+    (pipeline.artifacts.atomic_dir) instead of being left half-written by the default kill."""
+
+
+def _terminate_like_interrupt() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # not settable here (an embedding interpreter): keep the default
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import PipelineError
 
     global _RUN_DIR
     _RUN_DIR = None  # set by a command once it knows its run folder
+    from pipeline.console import ascii_fallback
+
+    ascii_fallback()  # an ASCII-only (or latin-1) terminal: our symbols degrade to ASCII, never a crash
+    _terminate_like_interrupt()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("PIPELINE_DEBUG") == "1"
     parser = build_parser()
@@ -206,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         if e.hint:
             _err_console().print(f"  fix: {e.hint}", markup=False, soft_wrap=True)
         return e.exit_code
-    except KeyboardInterrupt:
-        _err_console().print("interrupted: finished stages are kept; run the same command again to resume")
-        return 130
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        _err_console().print(f"{what}: finished stages are kept; run the same command again to resume")
+        return 143 if isinstance(e, Terminated) else 130
 
 
 def entry() -> None:

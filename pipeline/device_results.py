@@ -1,16 +1,17 @@
 """Device results imported into a run: their own file, merged into every later run.json, report and bench.
 
 `python -m pipeline import-results` stores each result in RUN_DIR/device_results.json (written atomically;
-one record per (model sha256, profile, batch): a later import of the same model on the same profile replaces
-the earlier one, which the new record lists under `replaces`). run.json is rebuilt by every `run` (also a fully cached one), so the results live here and
+every import is kept, with its imported_at: a later import of the same model on the same profile and batch is
+shown, the earlier ones are listed under `earlier`, never overwritten; every figure is finite, strict JSON). run.json is rebuilt by every `run` (also a fully cached one), so the results live here and
 `merge_into` lays them over the summary: on the artifact they timed (name and sha256 must still match:
 a result of a model the run no longer has is listed as stale, never shown as the new model's figure).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from pipeline import strict_json
 
 FILE = "device_results.json"
 SCHEMA_VERSION = "1"
@@ -38,7 +39,8 @@ def load(run_dir: str | Path) -> list[dict[str, Any]]:
     if not p.is_file():
         return []
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        doc = strict_json.loads(p.read_text(encoding="utf-8"), p,
+                                hint="delete it and import the device results again")
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise DataError(f"{p}: unreadable ({type(e).__name__}: {e})",
                         hint="restore it, or delete it and import the device results again") from None
@@ -49,25 +51,26 @@ def load(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def _key(rec: dict) -> tuple:
-    """The same model on the same profile at the same batch size is one result: a new import replaces it."""
+    """The same model on the same profile at the same batch size: the latest import is the one shown."""
     return (rec.get("sha256"), rec.get("target"), (rec.get("latency_ms") or {}).get("batch"))
 
 
 def add(run_dir: str | Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Merge `records` into RUN_DIR/device_results.json (same sha256, profile and batch: the new one replaces
-    the old one, which it lists in `replaces`); returns everything stored."""
+    """Append `records` to RUN_DIR/device_results.json; returns everything stored.
+
+    Nothing is replaced: a later import of the same model on the same profile and batch is kept beside the
+    earlier ones (each with its imported_at); `merge_into` shows the latest and lists the earlier ones.
+    Every figure is finite (strict_json refuses the rest on reading), so no import can poison a record."""
     from pipeline.artifacts import atomic_write_json
 
-    stored = load(run_dir)
-    for rec in records:
-        old = [r for r in stored if _key(r) == _key(rec)]
-        stored = [r for r in stored if _key(r) != _key(rec)]
-        if old:
-            rec = {**rec, "replaces": [{"imported_at": o.get("imported_at"), "file_sha256": o.get("file_sha256")}
-                                       for o in old]}
-        stored.append(rec)
+    stored = load(run_dir) + [strict_json.check(r, "device result", hint="import the unmodified bench.py JSON")
+                              for r in records]
     atomic_write_json(path_of(run_dir), {"schema_version": SCHEMA_VERSION, "results": stored})
     return stored
+
+
+def _earlier(rec: dict) -> dict[str, Any]:
+    return {k: rec.get(k) for k in ("imported_at", "p50_ms", "device", "file", "file_sha256")}
 
 
 def merge_into(summary: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
@@ -80,17 +83,24 @@ def merge_into(summary: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     if not recs:
         return summary
     arts = {a.get("name"): a for a in summary.get("artifacts") or []}
-    applied, stale = [], []
+    stale = []
+    latest: dict[tuple, list[dict]] = {}  # key -> its records in import order (the last one is shown)
     for rec in recs:
         a = arts.get(rec.get("artifact"))
         if a is None or a.get("sha256") != rec.get("artifact_sha256"):
             stale.append({k: rec.get(k) for k in ("artifact", "target", "sha256", "device", "imported_at")})
             continue
-        a["device_latency_ms"] = rec["latency_ms"]
+        latest.setdefault((rec.get("artifact"), *_key(rec)), []).append(rec)
+    applied = []
+    for group in latest.values():
+        rec, earlier = group[-1], [_earlier(r) for r in group[:-1]]
+        a = arts[rec["artifact"]]
+        a["device_latency_ms"] = {**rec["latency_ms"], **({"earlier": earlier} if earlier else {})}
         if rec.get("peak_rss_mb"):
             a["device_peak_rss_mb"] = rec["peak_rss_mb"]
-        applied.append({k: rec.get(k) for k in ("artifact", "target", "sha256", "device", "runtime", "p50_ms",
-                                                "imported_at", "file", "file_sha256", "machine", "notes")})
+        applied.append({**{k: rec.get(k) for k in ("artifact", "target", "sha256", "device", "runtime", "p50_ms",
+                                                   "imported_at", "file", "file_sha256", "machine", "notes")},
+                        "earlier": earlier})
     summary["device_results"] = applied
     if stale:
         summary["device_results_stale"] = stale

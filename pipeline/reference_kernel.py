@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     res = measure(max(1, args.threads))
     tmp = args.json_out + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(res, f)
+        json.dump(res, f, allow_nan=False)  # strict JSON: the timings are finite (a NaN would be refused here)
     os.replace(tmp, args.json_out)
     return 0
 

@@ -112,7 +112,9 @@ def write_check_report(out_dir: Path | None, model_file: Path, suffix: str, repo
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{Path(model_file).stem}_{suffix}.json").write_text(json.dumps(report, indent=2))
+        # strict JSON (targets may use only pipeline.errors): json itself turns NaN/Infinity into null on a round trip
+        finite = json.loads(json.dumps(report, default=str), parse_constant=lambda _: None)
+        (out_dir / f"{Path(model_file).stem}_{suffix}.json").write_text(json.dumps(finite, indent=2, allow_nan=False))
     return report
 
 

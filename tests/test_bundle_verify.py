@@ -324,8 +324,10 @@ def test_verify_ort_tarball_passes_in_clean_venv(fast_run, tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "PASS" in p.stdout
     names = [c["name"] for c in rep["checks"]]
-    assert names == ["safe extraction", "checksums", "manifest", "venv", "isolation", "samples"]
+    # "readme": the README's own `python run.py <image>` on a raw sample (a PNG of a test image), in the venv
+    assert names == ["safe extraction", "checksums", "manifest", "venv", "isolation", "samples", "readme"]
     assert all(c["ok"] for c in rep["checks"])
+    assert rep["samples"]["result"]["raw_samples"] >= 1, rep["samples"]
     assert rep["venv"]["packages"]["onnxruntime"], rep["venv"]  # runtime version in the venv, reported
     assert "onnxruntime" in p.stdout and rep["venv"]["packages"]["onnxruntime"] in p.stdout
     assert rep["samples"]["result"]["samples"] == 8 and rep["samples"]["result"]["failures"] == []

@@ -72,12 +72,14 @@ def test_import_matching_result_adds_device_measured(run_copy, ort_result):
     assert not list(run_copy.glob("*.tmp-*")), "no temporary left behind"
     stored = json.loads((run_copy / "device_results.json").read_text())["results"]
     assert [r["artifact"] for r in stored] == ["onnxruntime:int8"] and stored[0]["latency_ms"]["p50"] == dev["p50"]
-    # an explicit matching --target (alias) works too; the same model on the same profile replaces the record
+    # an explicit matching --target (alias) works too; the same model on the same profile is shown once, the
+    # earlier import kept beside it (never overwritten)
     p = importing(run_copy, ort_result, "--target", "onnxruntime", "--device", DEVICE)
     assert p.returncode == 0, p.stderr
-    assert len(read_run(run_copy)["device_results"]) == 1
+    shown = read_run(run_copy)["device_results"]
+    assert len(shown) == 1 and len(shown[0]["earlier"]) == 1
     stored = json.loads((run_copy / "device_results.json").read_text())["results"]
-    assert len(stored) == 1 and len(stored[0]["replaces"]) == 1
+    assert len(stored) == 2 and all(r["imported_at"] for r in stored)
 
 
 def test_wrong_sha256_is_refused(run_copy, ort_result, tmp_path):

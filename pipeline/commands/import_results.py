@@ -16,7 +16,7 @@ bench_engine.py) must be the profile's `cpu_arch`: a result from another kind of
 `--force`, which records a note on the result.
 
 What is written: RUN_DIR/device_results.json (pipeline/device_results.py; atomic; one record per model sha256,
-profile and batch, a later import replaces an earlier one), then run.json with the results laid over it, as every
+profile and batch is shown, every earlier import is kept beside it with its imported_at), then run.json with the results laid over it, as every
 later `run`, `report` and `bench` does (host figures are never touched):
     artifacts[i]["device_latency_ms"] = {p50, p90, p99, min, mean, cv, iterations, batch, threads, runtime,
                                          runtime_version, device, source: "device-measured", imported_at, file}
@@ -32,6 +32,7 @@ import datetime as _dt
 import json
 from pathlib import Path
 
+from pipeline import strict_json
 from pipeline.errors import ConfigError, DataError
 from pipeline.run_json import read_run
 
@@ -67,6 +68,10 @@ def read_result(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})",
                         hint="copy the JSON bench.py wrote on the device (bench.py ... --json device.json)") from None
+    # strict JSON: a NaN/Infinity literal (or an overflowing 1e999) anywhere is refused naming the field, so a
+    # poisoned figure can never replace a valid device record nor reach run.json
+    strict_json.check(doc, path.name, hint="re-run bench.py on the device (it writes finite figures only) and "
+                                           "import its unmodified JSON")
     if isinstance(doc, dict) and doc.get("kind") == "engine-result":
         return _check_engine_record(path, doc)
     if isinstance(doc, dict) and "kind" not in doc and "plan" in doc and "latency_ms" in doc:
@@ -152,6 +157,21 @@ def entries(doc: dict, device: str | None) -> list[dict]:
                         "device": _device_name(env, device), "machine": (env or {}).get("machine"),
                         "created": doc.get("created")})
     return out
+
+
+def check_figures(entry: dict, where: str) -> None:
+    """A device record is imported only with a positive p50 and non-negative figures: DataError (exit 2) naming
+    the field otherwise (non-finite numbers were refused when the file was read)."""
+    lat = entry["latency"]
+    p50 = lat.get("p50")
+    if isinstance(p50, bool) or not isinstance(p50, (int, float)) or not p50 > 0:
+        raise DataError(f"{where}: {entry['name']}: latency_ms.p50 is {p50!r}, not a positive number of "
+                        "milliseconds; an invalid figure never replaces a device record",
+                        hint="re-run bench.py on the device and import its unmodified JSON")
+    for k, v in lat.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+            raise DataError(f"{where}: {entry['name']}: latency_ms.{k} is {v!r}, not a non-negative number",
+                            hint="re-run bench.py on the device and import its unmodified JSON")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -274,6 +294,8 @@ def import_results(run_dir: str | Path, result_path: str | Path, target: str | N
                             "'device-measured'",
                             hint="run bench.py on the device with --source device-measured (host figures are "
                                  "already in run.json)")
+    for e in items:
+        check_figures(e, result_path.name)
     matched = [(match(run, e, want), e) for e in items]  # every entry must match before anything is written
     notes = [arch_note(run, e, run["artifacts"][idx].get("target"), force) for idx, e in matched]
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from pipeline import strict_json
 
 
 def add_parser(sub) -> None:
@@ -77,6 +78,6 @@ def cmd_profile(args) -> int:
     if args.json:
         from pipeline.artifacts import atomic_write_text
 
-        atomic_write_text(Path(args.json), json.dumps(doc, indent=2))
+        atomic_write_text(Path(args.json), strict_json.dumps(doc, indent=2))
         console.print(f"wrote {args.json}")
     return 0

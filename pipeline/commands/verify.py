@@ -410,6 +410,26 @@ def verify_bundle(args, report: Report, work: Path) -> None:
     run_samples(report, venv, copy, manifest, args.timeout)
 
 
+def readme_command(report: Report, venv: Path, copy: Path, sample: str, timeout: int) -> None:
+    """The README's own `python run.py image.png`, on a raw sample in the clean venv: the requirements must cover
+    it (Pillow for image files)."""
+    cmd = [str(_venv_python(venv)), "-I", "-B", "run.py", f"samples/{sample}"]
+    try:
+        p = subprocess.run(cmd, cwd=copy, capture_output=True, text=True, timeout=timeout, env=_clean_env(False))
+    except subprocess.TimeoutExpired:
+        raise _fail(report, "readme", GateError(f"python run.py samples/{sample} took more than {timeout} s")) from None
+    try:
+        ok = p.returncode == 0 and bool(json.loads(p.stdout)["top_k"])
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise _fail(report, "readme", GateError(
+            f"the README's command `python run.py samples/{sample}` fails in a venv holding only requirements.txt "
+            f"(exit {p.returncode}): {_tail(p.stderr, 3) or _tail(p.stdout, 3)}",
+            hint="rebuild the bundle (its requirements.txt must list every package run.py needs for image files)"))
+    report.add("readme", True, f"`python run.py samples/{sample}` (the README's command) prints the top-k")
+
+
 def run_samples(report: Report, venv: Path, copy: Path, manifest: dict, timeout: int) -> None:
     expected_path = copy / "samples" / "expected.json"
     try:
@@ -438,9 +458,14 @@ def run_samples(report: Report, venv: Path, copy: Path, manifest: dict, timeout:
     report.info["samples"]["model"] = ran
     if p.returncode == 0 and isinstance(result, dict) and not result.get("failures") \
             and result.get("samples") == n_samples:
+        raw = expected.get("raw") or []
+        kinds = f"; {len(raw)} raw file(s) ({', '.join(r.get('kind', '?') for r in raw)}) decoded and preprocessed " \
+                "by run.py as on the device" if raw else ""
         report.add("samples", True, f"{n_samples}/{n_samples} outputs of {ran} within atol {result.get('atol')} and "
                                     f"same top-1 (run.py --check-samples; expected outputs from {runtime} "
-                                    f"{expected.get('runtime_version', '?')})")
+                                    f"{expected.get('runtime_version', '?')}){kinds}")
+        if raw:
+            readme_command(report, venv, copy, raw[0]["file"], timeout)
         return
     if isinstance(result, dict) and result.get("failures"):
         f = result["failures"]

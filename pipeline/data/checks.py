@@ -84,3 +84,53 @@ def check_dataset(labels: np.ndarray, class_names: list[str], splits: dict | Non
                             f"and {per_class} per class",
                             hint=f"add images (at least {need}), give fixed val/ and test/ folders, or raise "
                                  "data.split.val / data.split.test")
+
+
+# --------------------------------------------------------------------------- colour dropped by data.channels=1
+
+COLOUR_EFFECT = 1.0  # class means of a chroma channel this many pooled within-class stds apart: signal
+COLOUR_LEVELS = 4.0  # ... and at least this many grey levels apart (0..255)
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb @ np.array([0.299, 0.587, 0.114])  # ITU-R 601-2, Pillow's convert("L")
+
+
+def colour_signal(per_class: list[np.ndarray], class_names: list[str]) -> str | None:
+    """What colour tells the classes apart that grey does not, or None.
+
+    per_class[k]: (n, 3) mean R, G, B of each sampled image of class k (0..255). The grey conversion keeps luma
+    and drops chroma (R - luma, B - luma): when some pair of classes differs in a chroma channel by
+    COLOUR_EFFECT pooled within-class standard deviations (and COLOUR_LEVELS grey levels), more than it differs
+    in luma, the conversion throws that difference away."""
+    feats = []
+    for m in per_class:
+        m = np.asarray(m, dtype=np.float64).reshape(-1, 3)
+        y = _luma(m)
+        feats.append(np.stack([y, m[:, 0] - y, m[:, 2] - y], axis=1) if len(m) else np.zeros((0, 3)))
+    if sum(1 for f in feats if len(f)) < 2:
+        return None
+    best = None
+    for i in range(len(feats)):
+        for j in range(i + 1, len(feats)):
+            a, b = feats[i], feats[j]
+            if not len(a) or not len(b):
+                continue
+            diff = np.abs(a.mean(0) - b.mean(0))
+            pooled = np.sqrt((a.var(0) * len(a) + b.var(0) * len(b)) / (len(a) + len(b))) + 1.0
+            effect = diff / pooled
+            chroma = max(1, 2, key=lambda c: effect[c])
+            if diff[chroma] >= COLOUR_LEVELS and effect[chroma] >= COLOUR_EFFECT and effect[chroma] > effect[0]:
+                if best is None or effect[chroma] > best[0]:
+                    best = (effect[chroma], i, j, chroma, a.mean(0), b.mean(0))
+    if best is None:
+        return None
+    _, i, j, c, ma, mb = best
+    ch = {1: "red", 2: "blue"}[c]
+    return (f"classes {class_names[i]!r} and {class_names[j]!r} differ in colour ({ch} minus grey: {ma[c]:.1f} vs "
+            f"{mb[c]:.1f}) more than in grey level ({ma[0]:.1f} vs {mb[0]:.1f})")
+
+
+def colour_warning(where: str, signal: str) -> str:
+    return (f"data.channels=1 converts the colour images of {where} to grey, which throws away what tells the "
+            f"classes apart: {signal}; set data.channels=3 to train on colour")

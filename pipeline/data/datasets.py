@@ -86,6 +86,41 @@ def complete_splits(fixed: dict[str, np.ndarray], labels: np.ndarray, cfg, seed:
 
 
 
+def every_class_in_every_split(splits: dict[str, np.ndarray], labels: np.ndarray, class_names: list[str],
+                               carved: list[str], seed: int, groups: np.ndarray | None = None) -> list[str]:
+    """Every class in every split: a carved split (val/test taken from train by ratio) that lacks a class gets one
+    image of it moved from train (seeded), as long as train keeps one; stratified splitting alone rounds a rare
+    class to 0 images (3 'rare' among 300: no 'rare' in val, whose accuracy picks the model and the INT8 budget).
+    A fixed split (its own folder) that lacks a class is not changed: the returned warning names the class and
+    the split. Changes `splits` in place; returns the lines to show (moved images, classes still missing)."""
+    rng = np.random.default_rng(seed + 7)
+    k = len(class_names)
+    moved: dict[str, list[str]] = {}
+    missing: list[str] = []
+    for name in ("val", "test"):
+        if name not in splits:
+            continue
+        have = np.bincount(labels[splits[name]], minlength=k)
+        for c in np.flatnonzero(have == 0):
+            train = splits["train"]
+            pool = train[labels[train] == c]
+            if groups is not None:  # never move an image that has a byte-identical copy (it would leak)
+                pool = pool[groups[pool] < 0]
+            if name in carved and len(pool) >= 2:
+                pick = int(rng.choice(pool))
+                splits["train"] = train[train != pick]
+                splits[name] = np.sort(np.append(splits[name], pick))
+                moved.setdefault(name, []).append(repr(class_names[c]))
+            else:
+                why = ("it is a fixed split folder" if name not in carved
+                       else f"the class has {len(pool)} training image(s), too few to give one away")
+                missing.append(f"the {name} split holds no image of class {class_names[c]!r} ({why}): its accuracy "
+                               f"does not cover that class; add {class_names[c]!r} images to {name}")
+    lines = [f"data: the {name} split got 1 image each of {', '.join(cs)} from train (stratification rounded "
+             "them to 0; every class is in every split)" for name, cs in moved.items()]
+    return lines + [f"warning: {m}" for m in missing]
+
+
 def check_finite(x: np.ndarray, what: str) -> None:
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())

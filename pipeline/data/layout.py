@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -76,16 +77,81 @@ def _is_dir(p: Path) -> bool:
         return False
 
 
-def walk_files(folder: Path, skip_ignored: bool = True) -> list[Path]:
+def walk_files(folder: Path, skip_ignored: bool = True, loops: list[str] | None = None,
+               avoid: tuple[Path, ...] = ()) -> list[Path]:
     """Files below folder (sorted, linked folders followed); broken links and FIFOs are included (the
-    reader refuses them one by one); with skip_ignored, hidden and system names are left out."""
+    reader refuses them one by one); with skip_ignored, hidden and system names are left out.
+
+    A linked folder is followed once: never into a folder already walked (an ancestor: a loop like
+    `a/loop -> ..`; or the same folder reached by two links), never into `avoid` (the other class folders: their
+    images would be relabelled). Each link left out is named in `loops` (the caller warns)."""
     out = []
+    seen: set[tuple[int, int]] = set()
+    root_real = os.path.realpath(folder)
+    avoid_real = [os.path.realpath(a) for a in avoid]
+
+    def inside(p: str, top: str) -> bool:
+        return p == top or p.startswith(top.rstrip(os.sep) + os.sep)
+
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not (skip_ignored and ignored(d)))
-        if len(Path(dirpath).relative_to(folder).parts) >= 32:  # a symlink loop
+        try:
+            st = os.stat(dirpath)
+            seen.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+        keep = []
+        for d in sorted(d for d in dirnames if not (skip_ignored and ignored(d))):
+            full = os.path.join(dirpath, d)
+            if os.path.islink(full):
+                real = os.path.realpath(full)
+                try:
+                    st = os.stat(full)
+                    key = (st.st_dev, st.st_ino)
+                except OSError:
+                    continue
+                rel = os.path.relpath(full, folder)
+                if key in seen or inside(root_real, real):
+                    if loops is not None:
+                        loops.append(f"{folder.name}/{rel} -> {real} (a folder already walked: a link loop, or a second link to it)")
+                    continue
+                if any(inside(real, a) for a in avoid_real):
+                    if loops is not None:
+                        loops.append(f"{folder.name}/{rel} -> {real} (inside another class folder: its images "
+                                     "would be relabelled)")
+                    continue
+                seen.add(key)
+            keep.append(d)
+        dirnames[:] = keep
+        if len(Path(dirpath).relative_to(folder).parts) >= 32:  # a guard: never reached through a loop now
             dirnames[:] = []
         out += [Path(dirpath) / n for n in sorted(filenames) if not (skip_ignored and ignored(n))]
     return out
+
+
+_DIGESTS: dict[tuple, str | None] = {}
+
+
+def file_digest(f: str | Path) -> str | None:
+    """sha256 of a regular file's bytes (None: not a regular file, or unreadable). Kept per (path, inode, size,
+    mtime) for the process: the cache key (`fingerprint`) and the duplicate check of the folder scan share one
+    read of each file."""
+    try:
+        st = os.stat(f)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    key = (str(f), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        try:
+            h = hashlib.sha256()
+            with open(f, "rb") as fd:
+                while b := fd.read(1 << 20):
+                    h.update(b)
+            _DIGESTS[key] = h.hexdigest()
+        except OSError:
+            _DIGESTS[key] = None
+    return _DIGESTS[key]
 
 
 def loose_images(folder: Path) -> list[Path]:
@@ -298,11 +364,10 @@ def fingerprint(path: str | Path) -> str:
             if not stat.S_ISREG(st.st_mode):  # opening a FIFO would block: hash its kind only
                 h.update(f"special:{stat.S_IFMT(st.st_mode)}".encode())
                 return
-            fh = hashlib.sha256()
-            with open(f, "rb") as fd:
-                while b := fd.read(1 << 20):
-                    fh.update(b)
-            h.update(fh.hexdigest().encode())
+            digest = file_digest(f)
+            if digest is None:
+                raise PermissionError(errno.EACCES, "unreadable")
+            h.update(digest.encode())
         except OSError as e:
             size = os.lstat(f).st_size if os.path.lexists(f) else -1
             h.update(f"unreadable:{size}:{e.errno}".encode())

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import pickle
 import re
 import sys
@@ -116,7 +117,10 @@ def scan_imagefolder(cfg) -> FolderIndex:
     for line in layout.warnings:
         _warn(line)
     parts = layout.parts
-    classes_of = {name: [c.name for c in visible_dirs(d)] for name, d in parts.items()}
+    linked: list[str] = []
+    classes_of = {name: [c.name for c in _class_dirs(d, linked)] for name, d in parts.items()}
+    for line in linked:
+        _warn(line)
     if len(parts) > 1:
         all_classes = sorted(set().union(*classes_of.values()))
         differ = []
@@ -134,19 +138,107 @@ def scan_imagefolder(cfg) -> FolderIndex:
     files: list[Path] = []
     labels: list[int] = []
     split_names: list[str] = []
+    class_dirs = [parts[sp] / c for sp in parts for c in class_names]
+    loops: list[str] = []
+    reached: dict[object, Path] = {}  # the file (device, inode) -> the first path it was reached by
+    twice: list[tuple[Path, Path]] = []
     for split, folder in parts.items():
         stray = loose_images(folder)
         if stray:
             _warn(f"{len(stray)} image(s) lie directly in {folder}, outside any class folder: left out "
                   f"(e.g. {stray[0].name})")
         for label, cls in enumerate(class_names):
-            for f in walk_files(folder / cls):
+            here = folder / cls
+            for f in walk_files(here, loops=loops, avoid=tuple(d for d in class_dirs if d != here)):
+                real = _identity(f)
+                if real in reached:  # one file reached by two paths (links): read once, under its first path
+                    twice.append((f, reached[real]))
+                    continue
+                reached[real] = f
                 files.append(f)
                 labels.append(label)
                 split_names.append(split)
-    notes = list(layout.notes) + [f"warning: {w}" for w in layout.warnings]
+    notes = list(layout.notes) + [f"warning: {w}" for w in layout.warnings + linked]
+    if loops:
+        msg = (f"{len(loops)} linked folder(s) in {layout.root} not followed: {'; '.join(loops[:SHOW_BAD])}"
+               + (f" and {len(loops) - SHOW_BAD} more" if len(loops) > SHOW_BAD else ""))
+        _warn(msg)
+        notes.append(f"warning: {msg}")
+    if twice:
+        msg = (f"{len(twice)} file(s) in {layout.root} are reached by two paths (symbolic or hard links): each read "
+               "once, e.g. "
+               f"{_rel(twice[0][0], layout.root)} = {_rel(twice[0][1], layout.root)}")
+        _warn(msg)
+        notes.append(f"warning: {msg}")
     return FolderIndex(layout.root, files, np.asarray(labels, dtype=np.int64), np.asarray(split_names),
                        class_names, parts, notes)
+
+
+def _class_dirs(folder: Path, said: list[str]) -> list[Path]:
+    """The class folders of `folder`, less linked folders that would read images twice: a link to the folder
+    itself or an ancestor (`loop -> ..`: every class again under one label) or to another class folder (its
+    images relabelled). Each one left out is a line in `said`."""
+    dirs = visible_dirs(folder)
+    here = os.path.realpath(folder)
+    real = {d: os.path.realpath(d) for d in dirs}
+    keep = []
+    for d in dirs:
+        r = real[d]
+        if d.is_symlink() and (here == r or here.startswith(r.rstrip(os.sep) + os.sep)):
+            said.append(f"{d} links to {r}, a folder holding it (a link loop): not a class, left out")
+        elif d.is_symlink() and any(real[o] == r and (not o.is_symlink() or o.name < d.name) for o in dirs if o != d):
+            twin = next(o for o in dirs if o != d and real[o] == r and (not o.is_symlink() or o.name < d.name))
+            said.append(f"{d} links to the class folder {twin.name}/: the same images under two labels; left out")
+        else:
+            keep.append(d)
+    return keep
+
+
+def _identity(f: Path) -> object:
+    """The file itself, however it is reached (a symbolic or a hard link): (device, inode), else its real path."""
+    try:
+        st = os.stat(f)
+        return (st.st_dev, st.st_ino)
+    except OSError:  # a broken link: the reader reports it
+        return os.path.realpath(f)
+
+
+def _rel(p: Path, root: Path) -> str:
+    try:
+        return str(p.relative_to(root))
+    except ValueError:
+        return str(p)
+
+
+def duplicate_groups(digests: list[str | None]) -> np.ndarray:
+    """Group id per item (-1: unique or unknown): items with the same content digest share an id."""
+    first: dict[str, int] = {}
+    out = np.full(len(digests), -1, dtype=np.int64)
+    count: dict[str, int] = {}
+    for d in digests:
+        if d is not None:
+            count[d] = count.get(d, 0) + 1
+    for i, d in enumerate(digests):
+        if d is not None and count[d] > 1:
+            out[i] = first.setdefault(d, i)
+    return out
+
+
+def cross_class_note(groups: np.ndarray, labels: np.ndarray, class_names: list[str], names: list[str],
+                     where: str) -> str | None:
+    """The warning line about byte-identical images that carry different labels (None when there are none)."""
+    bad = []
+    for g in np.unique(groups[groups >= 0]):
+        idx = np.flatnonzero(groups == g)
+        if len(set(labels[idx].tolist())) > 1:
+            bad.append(idx)
+    if not bad:
+        return None
+    files = sum(len(i) for i in bad)
+    ex = bad[0]
+    shown = " = ".join(f"{names[i]} ({class_names[labels[i]]!r})" for i in ex[:3])
+    return (f"{len(bad)} image(s) in {where} are byte-identical across classes ({files} files carry two or more "
+            f"labels), e.g. {shown}: remove the copies from the wrong class")
 
 
 def read_image_or_skip(f: Path, channels: int, size: int | None, cfg,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -25,10 +26,12 @@ import numpy as np
 
 from pipeline.data.types import Splits
 from pipeline.errors import DataError
+from pipeline import strict_json
 
 SPLITS = ("train", "val", "test")
 CHUNK = 256  # images decoded and written at a time: the data stage's working set
 HEADER_LEN = 128  # fixed .npy header length: the image count is written last, in place
+COLOUR_SAMPLE = 24  # images per class whose colour is compared when data.channels=1 drops it
 LARGE = 64  # above this input size: resize + centre crop for evaluation, RandomResizedCrop for training
 CROP_FRACTION = 0.875
 
@@ -126,6 +129,11 @@ class SourcePlan:
     read: Callable[[np.ndarray, Geometry], list[np.ndarray | None]]  # None: unreadable, skipped
     notes: list[str] = field(default_factory=list)
     finish: Callable[[dict[str, int]], list[str]] = lambda counts: []  # notes known after decoding
+    groups: np.ndarray | None = None  # per image: id shared by byte-identical images, -1 unique (duplicates)
+    names: list[str] | None = None  # per image: how messages name it (a relative path, or "x[i]")
+    files: list[Path] | None = None  # per image: the raw file it was decoded from (image folders)
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # what the device must add (high_bit_full)
+    raw_image: Callable[[int], np.ndarray] | None = None  # in-memory sources: image i as decoded (uint8 HWC)
 
 
 def _plan_folder(cfg) -> SourcePlan:
@@ -175,7 +183,64 @@ def _plan_folder(cfg) -> SourcePlan:
         msg = sources.skipped_note(index.root, bad)
         return notes + ([msg] if msg else [])
 
-    return SourcePlan(index.labels, index.class_names, fixed, read, [], finish)
+    from pipeline.data.layout import file_digest
+
+    plan_notes: list[str] = []
+    colour_check(cfg, index.class_names, lambda c: _folder_colour_means(index, c, cfg), plan_notes)
+    # empty files are all "identical" and all unreadable (data.bad_images applies to them): not duplicates
+    groups = sources.duplicate_groups([file_digest(f) if _size(f) else None for f in index.files])
+    for i in np.flatnonzero(groups >= 0):  # identical broken files are skipped by data.bad_images, not deduplicated
+        try:
+            sources.read_image(index.files[i], cfg.channels, 4)
+        except sources.UnreadableImage:
+            groups[i] = -1
+    groups = sources.duplicate_groups([str(g) if g >= 0 else None for g in groups])
+    names = [sources._rel(f, index.root) for f in index.files]
+    return SourcePlan(index.labels, index.class_names, fixed, read, plan_notes, finish, groups, names,
+                      list(index.files), {"high_bit_full": full} if full else {})
+
+
+def colour_check(cfg, class_names: list[str], means: Callable[[int], np.ndarray], notes: list[str]) -> None:
+    """data.channels=1 on colour images whose colour tells the classes apart: one warning naming
+    data.channels=3 (printed, and kept in `notes`). `means(k)`: (n, 3) mean R, G, B of sampled images of class k."""
+    from pipeline.data.checks import colour_signal, colour_warning
+
+    if cfg.channels != 1:
+        return
+    signal = colour_signal([means(k) for k in range(len(class_names))], class_names)
+    if signal:
+        line = f"warning: {colour_warning(str(cfg.path or cfg.source), signal)}"
+        print(line, file=sys.stderr, flush=True)
+        notes.append(line)
+
+
+def _folder_colour_means(index, c: int, cfg) -> np.ndarray:
+    """(n, 3) mean R, G, B of up to COLOUR_SAMPLE images of class c (seeded sample, decoded small, in colour)."""
+    from pipeline.data import sources
+
+    idx = np.flatnonzero(index.labels == c)
+    per = max(4, min(COLOUR_SAMPLE, 600 // max(1, len(index.class_names))))
+    if len(idx) > per:
+        idx = np.sort(np.random.default_rng(c).choice(idx, per, replace=False))
+    out = []
+    for i in idx:
+        try:
+            a = sources.read_image(index.files[i], 3, 16).astype(np.float64)
+        except sources.UnreadableImage:
+            continue
+        if a.max(initial=0) > 255:  # high bit depth: the ratio is what matters, bring it to 0..255
+            a = a * (255.0 / a.max())
+        if a.shape[-1] == 1:  # high bit-depth images are grey: no colour to lose
+            a = np.repeat(a, 3, axis=-1)
+        out.append(a.reshape(-1, 3).mean(axis=0))
+    return np.array(out).reshape(-1, 3)
+
+
+def _size(f: Path) -> int:
+    try:
+        return os.stat(f).st_size
+    except OSError:
+        return 0
 
 
 def _plan_raw(cfg) -> SourcePlan:
@@ -187,7 +252,24 @@ def _plan_raw(cfg) -> SourcePlan:
     def read(idx: np.ndarray, g: Geometry) -> list[np.ndarray | None]:
         return [to_stored(raw.images[i], mode, g) for i in idx]
 
-    return SourcePlan(raw.labels, raw.class_names, raw.splits, read, list(raw.notes))
+    import hashlib
+
+    from pipeline.data import sources
+
+    notes = list(raw.notes)
+    if raw.images.shape[-1] == 3 and cfg.channels == 1:
+        notes.append("data: the 3-channel images are converted to 1 channel (grey, ITU-R 601 luma) for "
+                     "data.channels=1")
+
+        def means(c: int) -> np.ndarray:
+            idx = np.flatnonzero(raw.labels == c)[:COLOUR_SAMPLE]
+            return raw.images[idx].reshape(len(idx), -1, 3).mean(axis=1)
+
+        colour_check(cfg, raw.class_names, means, notes)
+    groups = sources.duplicate_groups([hashlib.sha256(a.tobytes()).hexdigest() for a in raw.images])
+    names = [f"image {i}" for i in range(len(raw.images))]
+    return SourcePlan(raw.labels, raw.class_names, raw.splits, read, notes, groups=groups, names=names,
+                      raw_image=lambda i: raw.images[i])
 
 
 def plan_source(cfg) -> SourcePlan:
@@ -203,7 +285,7 @@ def plan_source(cfg) -> SourcePlan:
 
 
 def split_of_plan(plan: SourcePlan, cfg, seed: int) -> dict[str, np.ndarray]:
-    from pipeline.data.datasets import complete_splits, split_indices
+    from pipeline.data.datasets import complete_splits, every_class_in_every_split, split_indices
 
     if len(plan.labels) == 0:
         raise DataError(f"the dataset {cfg.source} {cfg.path or ''} holds no images",
@@ -212,12 +294,87 @@ def split_of_plan(plan: SourcePlan, cfg, seed: int) -> dict[str, np.ndarray]:
         splits = complete_splits(plan.fixed, plan.labels, cfg, seed)
     else:
         splits = split_indices(plan.labels, cfg.split.val, cfg.split.test, seed)
+    carved = [s for s in ("val", "test") if s not in (plan.fixed or {})]
+    lines = []
+    if plan.groups is not None:
+        lines += duplicate_lines(plan, splits, str(cfg.path or cfg.source))
+    lines += every_class_in_every_split(splits, plan.labels, plan.class_names, carved, seed, plan.groups)
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
+        plan.notes.append(line)
     if cfg.limit is not None and len(splits["train"]) > cfg.limit:
-        splits["train"] = np.sort(np.random.default_rng(seed).choice(splits["train"], cfg.limit, replace=False))
+        splits["train"] = _limited(splits["train"], plan.labels, cfg.limit, seed)
     for name in SPLITS:
         if len(splits[name]) == 0:
             raise DataError(f"the {name} split of {cfg.source} is empty", hint="add images or change data.split")
     return splits
+
+
+def duplicate_lines(plan: SourcePlan, splits: dict[str, np.ndarray], where: str) -> list[str]:
+    """Byte-identical images (content sha256): across classes a warning (two labels for one image); across
+    splits the copies on the held-out side are removed (test first, then val), so no test image is a training
+    image. Changes `splits` in place; returns the lines to show."""
+    from pipeline.data.sources import cross_class_note
+
+    groups, names = plan.groups, plan.names or []
+    assert groups is not None
+    lines = []
+    note = cross_class_note(groups, plan.labels, plan.class_names, names, where)
+    if note:
+        lines.append(f"warning: {note}")
+    for held, against in (("test", ("train", "val")), ("val", ("train",))):
+        inside = set(groups[np.concatenate([splits[a] for a in against])].tolist()) - {-1}
+        idx = splits[held]
+        drop = idx[np.isin(groups[idx], list(inside))] if inside else idx[:0]
+        kept: list[str] = []
+        for c in np.unique(plan.labels[drop]):  # never a class's last image of that split: keep one, say so
+            if not np.isin(idx[plan.labels[idx] == c], drop, invert=True).any():
+                one = drop[plan.labels[drop] == c][0]
+                drop, kept = drop[drop != one], kept + [plan.class_names[c]]
+        if len(drop):
+            splits[held] = np.setdiff1d(idx, drop)
+            lines.append(f"data: removed {len(drop)} {held} image(s) that are byte-identical to "
+                         f"{' or '.join(against)} images (e.g. {names[int(drop[0])]}): a held-out image must not be "
+                         "one the model trained on")
+        if kept:
+            lines.append(f"warning: every {held} image of class(es) {', '.join(map(repr, kept))} is byte-identical "
+                         f"to a {' or '.join(against)} image: one kept so the class stays in {held}, its {held} "
+                         "accuracy measures memory, not generalisation; add distinct images")
+    return lines
+
+
+RAW_PNGS = 2
+
+
+def _write_raw_pngs(out: Path, image: Callable[[int], np.ndarray], idx: np.ndarray) -> list[str | None]:
+    """The first RAW_PNGS test images of an array source as 8-bit PNGs (out/raw/, named relative to out): what a
+    camera hands the bundle's run.py. None for the rest (only these are shipped as raw samples)."""
+    from PIL import Image
+
+    (out / "raw").mkdir(exist_ok=True)
+    files: list[str | None] = [None] * len(idx)
+    for k, i in enumerate(idx[:RAW_PNGS]):
+        a = image(int(i))
+        path = out / "raw" / f"test_{k}.png"
+        Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a, "L" if a.shape[-1] == 1 else "RGB").save(path)
+        files[k] = path.relative_to(out).as_posix()  # relative: `out` is renamed when the stage finishes
+    return files
+
+
+def _limited(train: np.ndarray, labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """`limit` training images (seeded) that keep every class of train (one image each at least)."""
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(train, limit, replace=False)
+    classes = np.unique(labels[train])
+    lost = np.setdiff1d(classes, labels[pick])
+    if len(lost) and limit >= len(classes):
+        keep = [int(rng.choice(train[labels[train] == c])) for c in lost]
+        counts = np.bincount(labels[pick])
+        for new in keep:  # replace an image of the most common class, never a class's last one
+            c = int(np.argmax(counts))
+            j = int(np.flatnonzero(labels[pick] == c)[0])
+            pick[j], counts[c] = new, counts[c] - 1
+    return np.sort(pick)
 
 
 def chunks(idx: np.ndarray, size: int) -> Iterator[np.ndarray]:
@@ -257,13 +414,19 @@ def build_store(cfg, seed: int, out: Path, chunk: int = CHUNK,
             raise DataError(f"the {name} split of {cfg.source} holds no readable images",
                             hint="add images, or remove the empty split folder to carve it from train")
         np.save(out / f"y_{name}.npy", plan.labels[np.concatenate(kept)])
+        if name == "test":
+            test_kept = np.concatenate(kept)
         counts[name] = writer.count
         info["splits"][name] = {"images": writer.count, "sha256": sha256_file(path),
                                 "labels_sha256": sha256_file(out / f"y_{name}.npy"), "geometry": vars(g)}
     info["notes"] = plan.notes + plan.finish(counts)
     info["fixed_splits"] = sorted(plan.fixed or {})  # splits the source fixed (the teacher check reads it)
-    info["preprocessing"] = preprocessing_spec(cfg)
-    (out / "store.json").write_text(json.dumps(info, indent=2))
+    info["preprocessing"] = {**preprocessing_spec(cfg), **plan.preprocessing}
+    if plan.files is not None:  # the raw file of each test image: the bundle ships some as raw samples
+        info["splits"]["test"]["files"] = [str(plan.files[i]) for i in test_kept]
+    elif plan.raw_image is not None:  # arrays (builtin, npz, CIFAR): the first test images as the PNG files a
+        info["splits"]["test"]["files"] = _write_raw_pngs(out, plan.raw_image, test_kept)  # device would read
+    (out / "store.json").write_text(strict_json.dumps(info, indent=2))
     return info
 
 

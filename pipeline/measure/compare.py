@@ -406,6 +406,9 @@ def load_report(path: str | os.PathLike) -> dict:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    from pipeline import strict_json
+
+    strict_json.check(doc, str(path), hint="compare reports written by the harness (they hold finite figures only)")
     errors = validation_errors(doc)
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

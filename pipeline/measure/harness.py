@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.errors import DataError, MissingDependency, PipelineError
+from pipeline import strict_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCH_PY = REPO_ROOT / "targets" / "standalone" / "bench.py"
@@ -739,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    text = json.dumps(report, indent=2) + "\n"
+    text = strict_json.dumps(report, indent=2) + "\n"
     if args.json_out and os.path.exists(args.json_out) and not os.path.isfile(args.json_out):
         Path(args.json_out).write_text(text)  # /dev/null or a FIFO: never rename over a device
     elif args.json_out:

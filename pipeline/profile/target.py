@@ -122,6 +122,8 @@ def store_profile(run_dir: Path, doc: dict) -> None:
     from pipeline.artifacts import atomic_write_json
 
     path = run_dir / "run.json"
-    run = json.loads(path.read_text(encoding="utf-8"))
+    from pipeline import strict_json
+
+    run = strict_json.loads(path.read_text(encoding="utf-8"), path, hint="rerun `python -m pipeline run` to rewrite it")
     run.setdefault("targets", {}).setdefault(doc["target"], {})["layer_profile"] = doc
     atomic_write_json(path, run)

@@ -81,7 +81,10 @@ def parse(profile: list, layers: dict | None) -> list[OpTime]:
 
 def _read(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        from pipeline import strict_json
+
+        return strict_json.loads(path.read_text(encoding="utf-8"), path,
+                                 hint="copy the unmodified files build_engine.sh wrote beside the engine")
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise DataError(f"{path}: unreadable ({type(e).__name__}: {e})",
                         hint="copy the files build_engine.sh wrote beside the engine") from None

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline.errors import ConfigError
+from pipeline import strict_json
 
 SOURCE_MEANING = {
     "measured": "target runtime ran on this host",
@@ -32,7 +33,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} not found: {run_dir} is not a finished run folder",
                           hint="pass the --out folder of a finished `python -m pipeline run` (run.json is written last)")
     try:
-        summary = json.loads(path.read_text())
+        summary = strict_json.loads(path.read_text(), path, hint="rerun `python -m pipeline run` to rewrite it")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path} is not readable JSON: {e}", hint="rerun `python -m pipeline run` to rewrite it")
     if not isinstance(summary, dict) or not isinstance(summary.get("artifacts"), list) \

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import strict_json
 from pipeline.artifacts import sha256_file
 from pipeline.provenance import float_compute_layers, precision_label
 from pipeline.runner import Runner, StageContext, StageResult, environment
@@ -25,6 +26,75 @@ from targets.isa import host_isa
 MANIFEST_SCHEMA_VERSION = "1"
 STANDALONE = Path(__file__).resolve().parents[2] / "targets" / "standalone"
 SAMPLES = 8
+
+
+RAW_SAMPLES = 6  # raw test files shipped, one per input kind (format and Pillow mode: 8-bit, 16-bit, palette...)
+RAW_MAX_BYTES = 4 << 20
+RAW_SCAN = 4000  # test files whose header is read to find the kinds
+
+
+def bundle_requirements(backend) -> list[str]:
+    """The backend's pinned runtime + numpy, and Pillow: the README's `python run.py image.png` decodes image
+    files with it (targets/standalone/runtime.preprocess_image)."""
+    from targets.base import pin
+
+    reqs = list(backend.requirements())
+    if not any(r.lower().replace("_", "-").split("=")[0].strip() == "pillow" for r in reqs):
+        reqs.append(pin("pillow"))
+    return reqs
+
+
+def _input_kind(path: str) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return f"{img.format} {img.mode}"
+    except Exception:  # unreadable: the data stage skipped or refused it already
+        return None
+
+
+def raw_samples(data: StageResult, splits, folder: Path, model) -> list[dict]:
+    """Copy one raw test file per input kind into samples/raw/ with the outputs this host's runtime gives for the
+    data stage's own preprocessing of that file: run.py --check-samples preprocesses the raw file on the device
+    and must reproduce them (one preprocessing, proven on the files the dataset had, not only on arrays)."""
+    import os
+    import re
+
+    try:
+        info = json.loads((Path(data.dir) / "store.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    files = [f if not f or Path(f).is_absolute() else str(Path(data.dir) / f)  # relative: the data stage's own
+             for f in info.get("splits", {}).get("test", {}).get("files") or []]
+    if len(files) != len(splits.y_test):
+        return []
+    picked: dict[str, int] = {}
+    for j, f in enumerate(files[:RAW_SCAN]):
+        if not f:
+            continue
+        try:
+            if os.path.getsize(f) > RAW_MAX_BYTES:
+                continue
+        except OSError:
+            continue
+        kind = _input_kind(f)
+        if kind and kind not in picked:
+            picked[kind] = j
+            if len(picked) >= RAW_SAMPLES:
+                break
+    out = []
+    if picked:
+        (folder / "raw").mkdir(exist_ok=True)
+    for n, (kind, j) in enumerate(picked.items()):
+        name = f"raw/{n}_{re.sub(r'[^A-Za-z0-9._-]', '_', Path(files[j]).name)[-60:]}"
+        shutil.copyfile(files[j], folder / name)
+        x = splits.x_test[j:j + 1]
+        xin = x.transpose(0, 2, 3, 1).copy() if model.layout == "nhwc" else x
+        logits = model.run(xin)[0]
+        out.append({"file": name, "kind": kind, "label": int(splits.y_test[j]), "top1": int(logits.argmax()),
+                    "logits": [float(v) for v in logits]})
+    return out
 
 
 def write_checksums(root: Path) -> None:
@@ -63,7 +133,7 @@ def _readme(manifest: dict, notes: list[str]) -> str:
         "```",
         "python -m venv venv && . venv/bin/activate && pip install -r requirements.txt",
         "python run.py --check-samples          # checksums + expected outputs",
-        "python run.py image.png                # top-5 as JSON (Pillow needed for image files)",
+        "python run.py image.png                # top-5 as JSON (image files: Pillow, in requirements.txt)",
         "python bench.py MODEL --json bench.json --source device-measured",
         "```",
         "Then on the host: `python -m pipeline import-results RUN_DIR bench.json`.",
@@ -116,9 +186,10 @@ def run_bundle(runner: Runner, recipe, profile, backend, data: StageResult, quan
             logits = m.run(xin)[0]
             samples.append({"file": fname, "label": int(splits.y_test[i]), "top1": int(logits.argmax()),
                             "logits": [float(v) for v in logits]})
-        (root / "samples" / "expected.json").write_text(json.dumps(
+        raw = raw_samples(data, splits, root / "samples", m)
+        (root / "samples" / "expected.json").write_text(strict_json.dumps(
             {"atol": 1e-3, "runtime": m.runtime, "runtime_version": m.runtime_version, "isa": host_isa(),
-             "samples": samples}, indent=1))
+             "samples": samples, "raw": raw}, indent=1))
         ev = evaluate.metrics["int8"]
         bm = (bench.metrics.get("int8") if bench else None) or {}
         # Every figure names its source, the runtime and the host class that produced it.
@@ -169,11 +240,11 @@ def run_bundle(runner: Runner, recipe, profile, backend, data: StageResult, quan
             "files": {},
         }
         notes = backend.bundle_extras(built, profile, root, manifest) or []
-        (root / "requirements.txt").write_text("\n".join(backend.requirements()) + "\n")
+        (root / "requirements.txt").write_text("\n".join(bundle_requirements(backend)) + "\n")
         (root / "README.md").write_text(_readme(manifest, notes))
         manifest["files"] = {p.relative_to(root).as_posix(): sha256_file(p)
                              for p in sorted(root.rglob("*")) if p.is_file()}
-        (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        (root / "manifest.json").write_text(strict_json.dumps(manifest, indent=2))
         write_checksums(root)
         make_tarball(root, ctx.dir / f"{name}.tar.gz")
         ctx.metrics.update(bundle=f"{name}", tarball=f"{name}.tar.gz", files=len(manifest["files"]) + 2)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pipeline.data.datasets import Splits
 from pipeline.runner import Runner, StageContext, StageResult
+from pipeline import strict_json
 
 
 def source_fingerprint(cfg) -> str | None:
@@ -28,7 +29,7 @@ def run_data(runner: Runner, recipe) -> StageResult:
         from pipeline.train import progress_line
 
         info = build_store(cfg, recipe.seed, ctx.dir, progress=progress_line("data"))
-        (ctx.dir / "data.json").write_text(json.dumps(
+        (ctx.dir / "data.json").write_text(strict_json.dumps(
             {"class_names": info["class_names"], "preprocessing": info["preprocessing"], "source": cfg.source},
             indent=2))
         ctx.notes.extend(info["notes"])

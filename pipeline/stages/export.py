@@ -12,6 +12,7 @@ from pipeline.runner import Runner, StageContext, StageResult
 from pipeline.stages.data import read_splits
 from pipeline.stages.models import load_model
 from pipeline.train import predict
+from pipeline import strict_json
 
 TOOLS = ["torch", "onnx", "onnxruntime"]
 INPUT, OUTPUT = "input", "logits"
@@ -65,7 +66,7 @@ def run_export(runner: Runner, recipe, data: StageResult, model_stage: StageResu
         ctx.metrics.update(p, opset=cfg.opset, test_accuracy=float((got.argmax(1) == splits.y_test).mean()),
                            size_bytes=out.stat().st_size)
         np.save(ctx.dir / "test_logits.npy", got.astype(np.float32))
-        (ctx.dir / "input.json").write_text(json.dumps(
+        (ctx.dir / "input.json").write_text(strict_json.dumps(
             {"name": INPUT, "shape": [1, *splits.x_test.shape[1:]], "dtype": "float32", "layout": "nchw",
              "dynamic_batch": True, "output": OUTPUT}))
         if gate and (p["max_abs_diff"] > cfg.max_abs_diff or p["top1_agreement"] < cfg.min_top1_agreement):

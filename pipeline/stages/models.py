@@ -17,6 +17,7 @@ from torch import nn
 
 from pipeline.errors import CheckpointError
 from pipeline.models.spec import build_model
+from pipeline import strict_json
 
 # The attributes that describe a layer's width, per layer type (what structured pruning changes).
 _WIDTH_ATTRS: tuple[tuple[type, tuple[str, ...]], ...] = (
@@ -57,7 +58,7 @@ def save_model(model: nn.Module, folder: Path, spec: str, kwargs: dict, in_chann
         info["kind"] = "pruned" if pruned else "state_dict"
         if pruned:
             info["structure"] = layer_widths(model)
-    (folder / "model.json").write_text(json.dumps(info, indent=2))
+    (folder / "model.json").write_text(strict_json.dumps(info, indent=2))
 
 
 def _narrow(model: nn.Module, structure: dict[str, dict], sd: dict[str, torch.Tensor], where: Path) -> None:

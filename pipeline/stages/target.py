@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from calibration.select import load_calibration_set
+from pipeline import strict_json
 from pipeline.provenance import accuracy_source, host_class, runtime_label
 from pipeline.mixed_precision import CandidateSkipped
 from pipeline.numerics import Numerics, numerics_for
@@ -311,7 +312,7 @@ def run_benchmark(runner: Runner, recipe, name: str, label: str, cases: list[dic
                 case["model"], name=case["name"], batch=b.batch, threads=case["threads"],
                 precision_hint=case.get("precision_hint"), repeats=b.repeats, warmup=b.warmup,
                 min_iters=b.min_iters, min_time=b.min_time_s, source=case["source"])
-        (ctx.dir / "bench.json").write_text(json.dumps(results, indent=2))
+        (ctx.dir / "bench.json").write_text(strict_json.dumps(results, indent=2))
         ctx.metrics.update({k: _bench_summary(v) for k, v in results.items()})
 
     from pipeline.runner import environment

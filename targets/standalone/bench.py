@@ -333,6 +333,11 @@ def measure(
     }
 
 
+def _finite(v):
+    """Non-finite floats as null (JSON has no NaN/Infinity): json's own round trip, parse_constant -> None."""
+    return json.loads(json.dumps(v), parse_constant=lambda _: None)
+
+
 def _jsonable(v):
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
@@ -409,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the runtime failed while running
         print(f"bench.py: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    text = json.dumps(result, indent=2)
+    text = json.dumps(_finite(result), indent=2, allow_nan=False)  # strict JSON: never NaN/Infinity literals
     if args.json_out and os.path.exists(args.json_out) and not os.path.isfile(args.json_out):
         with open(args.json_out, "w") as f:  # /dev/null or a FIFO: never rename over a device
             f.write(text + "\n")

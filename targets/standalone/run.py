@@ -5,7 +5,8 @@ STANDALONE: ships inside a deployment bundle; needs only numpy and the model's r
 
     python run.py image.png            # top-5 as JSON
     python run.py sample.npy --top-k 3
-    python run.py --check-samples      # run samples/*.npy and compare with samples/expected.json
+    python run.py --check-samples      # run samples/*.npy and the raw files samples/raw/* (decoded and
+                                       # preprocessed here) and compare with samples/expected.json
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from runtime import load_model, preprocess_image  # noqa: E402
+from runtime import MissingRuntime, load_model, preprocess_image  # noqa: E402
 
 
 def verify_checksums(root: str) -> None:
@@ -101,11 +102,34 @@ def main(argv=None) -> int:
             if not ok:
                 failures.append({"file": item["file"], "top1": int(logits.argmax()), "expected_top1": item["top1"],
                                  "max_abs_diff": diff})
-        print(json.dumps({"samples": len(expected["samples"]), "failures": failures, "atol": atol}))
+        # raw test files (8-bit, 16-bit, palette...: one per kind the dataset had): preprocessed here as on the
+        # device, they must give the outputs of the training side's preprocessing of the same files
+        raw = expected.get("raw") or []
+        for item in raw:
+            try:
+                x = preprocess_image(os.path.join(HERE, "samples", item["file"]), manifest["preprocessing"])
+            except Exception as e:  # Pillow missing, or a file it cannot read: a failed sample, said
+                failures.append({"file": item["file"], "kind": item.get("kind"), "error": f"{type(e).__name__}: {e}"})
+                continue
+            logits = model.run(to_layout(x, layout))[0]
+            diff = float(np.abs(logits - np.asarray(item["logits"], dtype=np.float32)).max())
+            if int(logits.argmax()) != item["top1"] or diff > atol:
+                failures.append({"file": item["file"], "kind": item.get("kind"), "top1": int(logits.argmax()),
+                                 "expected_top1": item["top1"], "max_abs_diff": diff})
+        print(json.dumps({"samples": len(expected["samples"]), "raw_samples": len(raw), "failures": failures,
+                          "atol": atol}))
         return 1 if failures else 0
     if not args.input:
         ap.error("give an image or .npy file, or --check-samples")
-    x = preprocess_image(args.input, manifest["preprocessing"])
+    try:
+        x = preprocess_image(args.input, manifest["preprocessing"])
+    except MissingRuntime as e:  # one line, not a traceback: what to install
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except (OSError, ValueError) as e:
+        print(f"error: {args.input}: cannot be read as an image or .npy array ({type(e).__name__}: {e})",
+              file=sys.stderr)
+        return 2
     logits = model.run(to_layout(x, layout))
     print(json.dumps({"input": os.path.basename(args.input), "model": os.path.basename(model.path),
                       "runtime": model.runtime, "top_k": top_k(logits[0], labels, args.top_k)}, indent=2))

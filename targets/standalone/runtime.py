@@ -789,12 +789,30 @@ def runtime_precisions(model: Model, layer_types: Iterable[str] | None = None) -
 # ---------------------------------------------------------------------------------------------
 # Preprocessing
 # ---------------------------------------------------------------------------------------------
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def high_bit_full(spec: dict, arr: np.ndarray) -> float:
+    """The value that maps to 255 for a high bit-depth image: the training set's (spec["high_bit_full"], e.g.
+    4095 for 12-bit data in 16-bit files), else the smallest even bit depth holding this image's brightest
+    pixel (the rule of pipeline/data/images.to_uint8), else 255 for data whose values are 8-bit already."""
+    full = spec.get("high_bit_full")
+    if full:
+        return float(full)
+    hi = float(arr.max()) if arr.size else 0.0
+    if hi <= 255:
+        return 255.0 if hi > 1.0 else 1.0
+    bits = next((b for b in range(8, 33, 2) if hi <= 2 ** b - 1), None)
+    return float(2 ** bits - 1) if bits else hi
+
+
 def preprocess_image(path: str | os.PathLike, spec: dict) -> np.ndarray:
     """Load an image (or a .npy array) into a float32 batch of one, as the model wants it.
 
     spec: {"size": [H, W], "channels": 1|3, "mean": [...], "std": [...], "channel_order": "rgb"|"bgr",
            "layout": "nchw"|"nhwc", "scale": 255, "resize": "bilinear"|"nearest",
-           "resize_size": [H', W'] (optional: resize to it first, then centre-crop "size")}
+           "resize_size": [H', W'] (optional: resize to it first, then centre-crop "size"),
+           "high_bit_full": F (optional: 16-bit/32-bit images are scaled by 255 / F to 8 bits first)}
     Pixel values become ((pixel / scale) - mean) / std, per channel. A ``.npy`` file is taken as already
     preprocessed: it is cast to float32 and given a batch dimension when it has none (rank 3).
     Image files need Pillow (pip install pillow); .npy files do not.
@@ -831,17 +849,28 @@ def preprocess_image(path: str | os.PathLike, spec: dict) -> np.ndarray:
             rgba = img.convert("RGBA")
             img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             img.alpha_composite(rgba)
-        if img.mode not in ("L", "1", "RGB", "I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-            img = img.convert("RGB")
-        img = img.convert("L" if channels == 1 else "RGB")
         size = spec.get("size")
         # Large inputs: resize to resize_size, then centre-crop `size` (the training side's evaluation transform).
         first = spec.get("resize_size") or size
-        if first:
-            h, w = int(first[0]), int(first[1])
-            if img.size != (w, h):
-                img = img.resize((w, h), resample)
-        arr = np.asarray(img, dtype=np.float32)
+        if img.mode in HIGH_BIT_MODES:
+            # 16-bit PNG/TIFF, 32-bit: as training read them (pipeline/data/images.py + store.py), never with
+            # convert("L") (it clips at 255): float resize, then the dataset's one linear map to 8 bits, rounded.
+            f = Image.fromarray(np.asarray(img).astype(np.float32))
+            if first and f.size != (int(first[1]), int(first[0])):
+                f = f.resize((int(first[1]), int(first[0])), resample)
+            arr = np.asarray(f, dtype=np.float32)
+            arr = np.clip(np.round(arr * np.float32(255.0 / high_bit_full(spec, arr))), 0, 255)
+            if channels == 3:
+                arr = np.repeat(arr[:, :, None], 3, axis=2)
+        else:
+            if img.mode not in ("L", "1", "RGB"):
+                img = img.convert("RGB")
+            img = img.convert("L" if channels == 1 else "RGB")
+            if first:
+                h, w = int(first[0]), int(first[1])
+                if img.size != (w, h):
+                    img = img.resize((w, h), resample)
+            arr = np.asarray(img, dtype=np.float32)
         if size and spec.get("resize_size"):
             ch, cw = int(size[0]), int(size[1])
             top, left = (arr.shape[0] - ch) // 2, (arr.shape[1] - cw) // 2
