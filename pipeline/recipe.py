@@ -75,25 +75,53 @@ class TrainConfig(Section):
     weight_decay: float = Field(5e-4, ge=0, lt=1)
 
 
+HEAD_HELP = ("classifier head of a checkpoint trained on another label set: auto replaces every head whose class "
+             "count differs from the data's (e.g. fc and AuxLogits.fc of an ImageNet inception_v3) and loads all other "
+             "weights strictly; replace always re-initialises the heads; keep refuses a mismatch")
+
+
 class FinetuneConfig(Section):
-    epochs: int = Field(0, ge=0, le=10000, description="adapt a given teacher to the data for this many epochs (0: off)")
+    epochs: int = Field(0, ge=0, le=10000, description="adapt a given teacher to the data for this many epochs (0: off; "
+                                                       "head_epochs when its head was replaced)")
     lr: float = Field(0.01, gt=0, le=10)
+    head_epochs: int = Field(5, ge=1, le=10000, description="finetune epochs when teacher.head replaced the "
+                                                            "classifier and epochs is 0")
+    backbone_lr_scale: float = Field(0.1, gt=0, le=1, description="after a head replacement the backbone trains at "
+                                                                  "lr * this, the new head at lr")
 
 
 class TeacherConfig(Section):
     model: str = Field("builtin:resnet8", description="builtin:NAME | torchvision:NAME | timm:NAME | pkg.mod:callable | file.py:callable")
-    kwargs: dict[str, Any] = Field(default_factory=lambda: {"width": 32})
+    kwargs: dict[str, Any] = Field(default_factory=lambda: {"width": 32},
+                                   description="arguments of the model's builder (default {width: 32} for the built-in "
+                                               "teacher; {} for any other model unless set)")
     checkpoint: Optional[str] = Field(None, description="weights to load instead of training the teacher here")
     allow_pickle: bool = Field(False, description="allow a pickled full model (unpickling runs code: only for files you trust)")
+    head: Literal["auto", "replace", "keep"] = Field("auto", description=HEAD_HELP)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=8))
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    min_accuracy: float = Field(0.0, ge=0, le=1, description="stop when the teacher's validation accuracy is below this")
+    min_accuracy: Union[float, Literal["chance"]] = Field(
+        "chance", description="stop before distillation when the teacher's validation accuracy is below this; chance: "
+                              "when the lower end of its 99% Wilson interval is not above 1/classes")
     output: Union[StrictInt, str] = Field("auto", description=OUTPUT_HELP)
+
+    @model_validator(mode="after")
+    def _own_model_kwargs(self):
+        # The built-in teacher's {width: 32} means nothing to another builder (torchvision:inception_v3 has no width).
+        if "kwargs" not in self.model_fields_set and not self.model.startswith("builtin:"):
+            self.kwargs = {}
+        if isinstance(self.min_accuracy, float) and not 0 <= self.min_accuracy <= 1:
+            raise ValueError("teacher.min_accuracy must be 0..1 or 'chance'")
+        return self
 
 
 class StudentConfig(Section):
     model: str = "builtin:small_cnn"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Optional[str] = Field(None, description="pretrained weights the student starts from (distillation "
+                                                        "then trains it)")
+    allow_pickle: bool = Field(False, description="allow a pickled full model (unpickling runs code: only for files you trust)")
+    head: Literal["auto", "replace", "keep"] = Field("auto", description=HEAD_HELP)
     max_macs_ratio: float = Field(0.2, gt=0, le=1.0, description="warn when student MACs exceed this fraction of the teacher's")
     output: Union[StrictInt, str] = Field("auto", description=OUTPUT_HELP)
 
