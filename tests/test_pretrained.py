@@ -311,3 +311,43 @@ def test_int8_within_the_measured_spread_is_not_flagged():
     assert int8_slower_than_fp32(_bench(0.5, 1.00)) is None  # faster
     assert int8_slower_than_fp32(_bench(1.0, 1.00))  # one repeat, no spread: not faster is flagged
     assert int8_slower_than_fp32({"int8": _bench(2, 1)["int8"]}) is None  # FP32 not measured
+
+
+def test_benchmark_stage_records_and_says_int8_slower(tmp_path, monkeypatch):
+    """run_benchmark with the harness replaced by fixed figures: the note and the metrics record."""
+    import pipeline.measure.harness as harness
+    from pipeline.recipe import Recipe
+    from pipeline.runner import Runner
+    from pipeline.stages.target import run_benchmark
+
+    p50 = {"int8": 7.19, "fp32": 1.54}  # measured in issue 17 (timm mobilenetv3_small_050, 224 px)
+
+    def fake(model, name, **kw):
+        return {"latency_ms": {"p50": p50[name], "p90": p50[name] * 1.1, "cv_between_repeats": 0.05},
+                "source": "measured", "runtime": "onnxruntime", "runtime_version": "1.x", "batch": 1,
+                "threads": 1, "peak_rss_mb": {"value": 10.0, "source": "measured"}}
+
+    monkeypatch.setattr(harness, "bench_case", fake)
+    cases = [{"name": n, "model": str(tmp_path / f"{n}.onnx"), "threads": 1, "source": "measured"}
+             for n in ("int8", "fp32")]
+    res = run_benchmark(Runner(tmp_path / "run"), Recipe(), "benchmark-x", "benchmark [x]", cases, {})
+    rec = res.metrics["int8_slower_than_fp32"]
+    assert rec["int8_p50_ms"] == 7.19 and rec["fp32_p50_ms"] == 1.54
+    assert any(n.startswith("warning: INT8 is not faster than FP32 here: p50 7.19 ms vs 1.54 ms")
+               for n in res.meta["notes"])
+
+
+def test_cli_diverging_feature_loss_stops_in_distill_not_export(tmp_path):
+    """fitnet with an absurd weight: exit 1 from the distill stage naming the term, before any export."""
+    from conftest import fast_args, run_cli
+
+    out = tmp_path / "run"
+    p = run_cli("run", "--target", "onnxruntime", "--out", str(out), *fast_args([
+        "data.limit=200", "teacher.train.epochs=1", "teacher.min_accuracy=0", "distill.epochs=2",
+        "distill.losses=[{name: ce}, {name: fitnet, weight: 1.0e12, student_layer: features.2, "
+        "teacher_layer: layer3}]"]))
+    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
+    text = " ".join(p.stderr.split())
+    assert "distill diverged at epoch 1" in text and "fitnet on features.2 -> layer3" in text, text
+    assert "parity" not in text and "Traceback" not in text
+    assert "lower the learning rate of distill" in text and "weight of fitnet" in text

@@ -481,7 +481,7 @@ def load_into(model: nn.Module, path: str | Path, allow_pickle: bool = False, kw
     if heads:
         hints = [h for h in hints if not h.startswith("the checkpoint's classifier")]
         then = "fine-tune it here (teacher.finetune.epochs)" if field == "teacher" else "train it by distillation"
-        hints.insert(0, f"the checkpoint's classifier ({', '.join(heads)}) has {k} classes, this data "
+        hints.insert(0, f"the checkpoint's classifier ({', '.join(heads)}) has {k} classes (num_classes={k}), this data "
                         f"{int(model_sd[f'{heads[0]}.weight'].shape[0])}: set {field}.head=replace to give it a new "
                         f"head and {then}, or use a checkpoint trained on these classes")
     shared = len(set(model_sd) & set(sd))
