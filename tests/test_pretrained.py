@@ -351,3 +351,12 @@ def test_cli_diverging_feature_loss_stops_in_distill_not_export(tmp_path):
     assert "distill diverged at epoch 1" in text and "fitnet on features.2 -> layer3" in text, text
     assert "parity" not in text and "Traceback" not in text
     assert "lower the learning rate of distill" in text and "weight of fitnet" in text
+
+
+def test_report_names_int8_slower_than_fp32():
+    from pipeline.report.render import _target_notes
+    from pipeline.stages.target import int8_slower_than_fp32
+
+    rec = int8_slower_than_fp32(_bench(6.13, 1.18, 0.03, 0.02))
+    lines = _target_notes({"targets": {"x86": {"int8_slower_than_fp32": rec}}})
+    assert lines == [f"x86: warning: {rec['reason']}"] and "6.13 ms vs 1.18 ms" in lines[0]
