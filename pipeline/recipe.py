@@ -377,5 +377,40 @@ def load_recipe(path: str | Path | None = None, sets: Sequence[str] = (), target
     return validate_recipe(data, origin)
 
 
-def recipe_to_yaml(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+def _field_description(path: list[str]) -> str | None:
+    """The schema's description of a dotted field path (None when the field has none)."""
+    model: Any = Recipe
+    info = None
+    for part in path:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        info = fields[part]
+        model = info.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            args = [a for a in getattr(model, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+            model = args[0] if args else None
+    return info.description if info is not None else None
+
+
+def recipe_to_yaml(recipe: Recipe, explain: bool = False) -> str:
+    """The recipe as YAML; `explain`: each field preceded by its description from the schema, as a comment."""
+    text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    if not explain:
+        return text
+    import re
+
+    out: list[str] = []
+    stack: list[tuple[int, str]] = []
+    for line in text.splitlines():
+        m = re.match(r"^( *)([A-Za-z_]\w*):", line)
+        if m:
+            indent = len(m.group(1))
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            stack.append((indent, m.group(2)))
+            desc = _field_description([k for _, k in stack])
+            if desc:
+                out.append(f"{m.group(1)}# {desc}")
+        out.append(line)
+    return "\n".join(out) + "\n"

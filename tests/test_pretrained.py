@@ -360,3 +360,16 @@ def test_report_names_int8_slower_than_fp32():
     rec = int8_slower_than_fp32(_bench(6.13, 1.18, 0.03, 0.02))
     lines = _target_notes({"targets": {"x86": {"int8_slower_than_fp32": rec}}})
     assert lines == [f"x86: warning: {rec['reason']}"] and "6.13 ms vs 1.18 ms" in lines[0]
+
+
+def test_print_config_explain_shows_descriptions_and_stays_a_recipe():
+    import yaml
+
+    from pipeline.recipe import Recipe, recipe_to_yaml
+
+    r = Recipe()
+    text = recipe_to_yaml(r, explain=True)
+    lines = text.splitlines()
+    head = lines.index("  head: auto")
+    assert lines[head - 1].startswith("  # classifier head of a checkpoint trained on another label set")
+    assert Recipe.model_validate(yaml.safe_load(text)) == r  # the comments change nothing
