@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import random
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
@@ -262,6 +263,11 @@ def fit(model: nn.Module, x_train, y_train: np.ndarray, x_val, y_val: np.ndarray
                 hist.best_val_accuracy, hist.best_epoch = val_acc, epoch
                 best_state = copy.deepcopy(model.state_dict())
             bar.set_postfix(loss=f"{total / max(count, 1):.3f}", val=f"{val_acc:.3f}")
+            if not quiet() and not sys.stderr.isatty():  # no bar in a log file or a pipe: one line per epoch
+                done_s = sum(e["train_seconds"] for e in hist.epochs)
+                eta = done_s / len(hist.epochs) * (epochs - len(hist.epochs))
+                print(f"  {desc}: epoch {epoch + 1}/{epochs} loss {total / max(count, 1):.4g} val {val_acc:.3f} "
+                      f"{count / max(seconds, 1e-9):.0f} images/s ETA {eta:.0f} s", file=sys.stderr, flush=True)
         model.load_state_dict(best_state)
         return hist
     finally:

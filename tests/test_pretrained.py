@@ -373,3 +373,15 @@ def test_print_config_explain_shows_descriptions_and_stays_a_recipe():
     head = lines.index("  head: auto")
     assert lines[head - 1].startswith("  # classifier head of a checkpoint trained on another label set")
     assert Recipe.model_validate(yaml.safe_load(text)) == r  # the comments change nothing
+
+
+def test_fit_prints_a_line_per_epoch_when_stderr_is_not_a_terminal(monkeypatch, capsys):
+    from pipeline.train import fit
+
+    monkeypatch.delenv("PIPELINE_QUIET", raising=False)
+    x, y = _digits()
+    fit(TinyResNet(num_classes=4), x, y, x, y, epochs=2, lr=0.01, batch_size=16, momentum=0.9, weight_decay=0,
+        seed=0, desc="teacher finetune")
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "teacher finetune: epoch" in ln]
+    assert len(lines) == 2 and "images/s" in lines[0] and "ETA" in lines[0] and "2/2" in lines[1]
