@@ -165,7 +165,7 @@ def _torchvision(name: str, kwargs: dict[str, Any], in_channels: int, num_classe
         return tvm.get_model(name, **kw)
     except Exception as e:  # torchvision's builders raise many types: ConfigError naming the model
         raise ConfigError(f"building torchvision:{name} failed: {type(e).__name__}: {e}",
-                          hint="check teacher.kwargs / student.kwargs") from None
+                          hint="check teacher.kwargs / student.kwargs (e.g. --set teacher.kwargs={} for the builder's defaults)") from None
 
 
 def _timm(name: str, kwargs: dict[str, Any], in_channels: int, num_classes: int) -> nn.Module:
@@ -182,7 +182,7 @@ def _timm(name: str, kwargs: dict[str, Any], in_channels: int, num_classes: int)
         return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
     except Exception as e:  # timm's builders raise many types: ConfigError naming the model
         raise ConfigError(f"building timm:{name} failed: {type(e).__name__}: {e}",
-                          hint="check teacher.kwargs / student.kwargs") from None
+                          hint="check teacher.kwargs / student.kwargs (e.g. --set teacher.kwargs={} for the builder's defaults)") from None
 
 
 def build_model(spec: str, kwargs: dict[str, Any] | None, in_channels: int, num_classes: int) -> nn.Module:
