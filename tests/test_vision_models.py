@@ -102,3 +102,37 @@ def test_imagenet_teacher_and_pretrained_student_teach_four_classes(tmp_path, te
     assert summary["models"]["student"]["head_replaced"]["classes"] == 4
     assert "teacher.head=auto" in p.stdout + p.stderr
     assert summary["environment"]["tools"]["torchvision"] != "absent"
+
+
+def test_inception_v3_imagenet_checkpoint_at_299_px_end_to_end(tmp_path):
+    """The issue's example at test size: a random-init inception_v3 saved with its 1000-class heads teaches a
+    4-class folder at 299 px (InceptionOutputs in training mode, both heads replaced, ONNX with one output)
+    into mobilenet_v3_small. Mechanics only: the teacher is too briefly trained to pass the chance gate."""
+    import onnx
+
+    data = tmp_path / "data"
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, colour in enumerate(COLOURS):
+        for i in range(14):
+            split = "train" if i < 6 else ("val" if i < 10 else "test")
+            img = np.clip(rng.normal(np.array(colour), 40, size=(48, 48, 3)), 0, 255).astype(np.uint8)
+            (data / split / f"c{k}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(data / split / f"c{k}" / f"{i:03d}.png")
+    ck = tmp_path / "inception_v3.pth"
+    torch.save(tv.models.inception_v3(weights=None, init_weights=False).state_dict(), ck)
+    out = tmp_path / "run"
+    p = run_cli("run", "--target", "onnxruntime", "--out", str(out), *fast_args([
+        "data.source=imagefolder", f"data.path={data}", "data.channels=3", "data.input_size=299",
+        "teacher.model=torchvision:inception_v3", "teacher.kwargs={init_weights: false}", f"teacher.checkpoint={ck}",
+        "teacher.finetune.head_epochs=1", "teacher.train.batch_size=8",
+        "student.model=torchvision:mobilenet_v3_small", "student.max_macs_ratio=1",
+        "distill.epochs=1", "distill.batch_size=8", "quantize.mode=ptq", "quantize.max_accuracy_drop=1",
+        "quantize.test_gate='off'", "benchmark.enabled=false", "calibration.samples=8"]), timeout=1500)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    summary = read_run(out)
+    assert summary["models"]["teacher"]["head_replaced"]["modules"] == ["AuxLogits.fc", "fc"]
+    teacher_onnx = next(out.glob("stages/export-teacher/*/model.onnx"))
+    assert len(onnx.load(str(teacher_onnx)).graph.output) == 1
+    assert any(a["name"] == "onnxruntime:int8" for a in summary["artifacts"])
