@@ -17,9 +17,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # The default jetson run needs the base install (ONNX Runtime is the reference numerics) and
-# tensorrt-rtx for the TensorRT parse check.
+# tensorrt-rtx for the TensorRT parse check; vision (torchvision, timm: about 15 MB) for torchvision:/timm: models.
 $(VENV)/.stamp-run: pyproject.toml constraints.txt | $(PY)
-	$(PIP) install -q $(PIN) -e '.[tensorrt]'
+	$(PIP) install -q $(PIN) -e '.[tensorrt,vision]'
 	touch $@
 
 $(VENV)/.stamp-test: pyproject.toml constraints.txt | $(PY)

@@ -21,7 +21,7 @@ def cmd_run(args) -> int:
     sets = list(args.set or []) + ([f"distill.nproc={args.nproc}"] if getattr(args, "nproc", None) is not None else [])
     recipe = load_recipe(args.config, sets, args.target or None)
     if args.print_config:
-        print(recipe_to_yaml(recipe), end="")
+        print(recipe_to_yaml(recipe, explain=args.explain), end="")
         return 0
     out = Path(args.out) if args.out else Path("runs") / recipe.name
     from pipeline.out_path import check_out_dir
@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--nproc", type=int, metavar="N", help="distill with N DDP processes under torchrun "
                      "(sets distill.nproc)")
     run.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    run.add_argument("--explain", action="store_true", help="with --print-config: each field's description as a "
+                     "comment above it")
     run.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     run.set_defaults(fn=cmd_run)
 

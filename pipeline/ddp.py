@@ -337,6 +337,11 @@ def worker(job: dict) -> None:
         c, n = splits.input_shape[0], splits.num_classes
         torch.manual_seed(recipe.seed)  # same initial student on every rank (DDP also broadcasts rank 0's)
         student = build_model(scfg.model, scfg.kwargs, c, n)
+        if scfg.checkpoint:  # a pretrained student: the same weights (and head replacement) on every rank
+            from pipeline.models.checkpoints import load_into
+
+            student = load_into(student, scfg.checkpoint, allow_pickle=scfg.allow_pickle, kwargs=scfg.kwargs,
+                                field="student", head=scfg.head)
         from pipeline.stages.teacher import check_accepts_input
 
         student = check_accepts_input(student, splits.x_train, n, "student", scfg.model, scfg.output)

@@ -271,6 +271,8 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
         if "evaluate" in st:
             ev = st["evaluate"].metrics
             bench = st["benchmark"].metrics if "benchmark" in st else {}
+            if bench.get("int8_slower_than_fp32"):
+                entry["int8_slower_than_fp32"] = bench["int8_slower_than_fp32"]
             est = st.get("estimate") or {}
             for variant in ("int8", "fp32"):
                 b = built_from(st.get("quantize_qat") if st.get("quantize_mode") == "qat" else st["quantize"], variant) \
@@ -339,5 +341,9 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
         "notes": notes,
         "prune": summary_record(pruned.metrics),
         "environment": environment(),
+        "models": {"teacher": {"spec": recipe.teacher.model,
+                               "head_replaced": teacher.metrics.get("head_replaced")},
+                   "student": {"spec": recipe.student.model,
+                               "head_replaced": student.metrics.get("head_replaced")}},
         "data": data.metrics,
     }, runner.out)

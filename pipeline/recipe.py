@@ -75,25 +75,53 @@ class TrainConfig(Section):
     weight_decay: float = Field(5e-4, ge=0, lt=1)
 
 
+HEAD_HELP = ("classifier head of a checkpoint trained on another label set: auto replaces every head whose class "
+             "count differs from the data's (e.g. fc and AuxLogits.fc of an ImageNet inception_v3) and loads all other "
+             "weights strictly; replace always re-initialises the heads; keep refuses a mismatch")
+
+
 class FinetuneConfig(Section):
-    epochs: int = Field(0, ge=0, le=10000, description="adapt a given teacher to the data for this many epochs (0: off)")
+    epochs: int = Field(0, ge=0, le=10000, description="adapt a given teacher to the data for this many epochs (0: off; "
+                                                       "head_epochs when its head was replaced)")
     lr: float = Field(0.01, gt=0, le=10)
+    head_epochs: int = Field(5, ge=1, le=10000, description="finetune epochs when teacher.head replaced the "
+                                                            "classifier and epochs is 0")
+    backbone_lr_scale: float = Field(0.1, gt=0, le=1, description="after a head replacement the backbone trains at "
+                                                                  "lr * this, the new head at lr")
 
 
 class TeacherConfig(Section):
     model: str = Field("builtin:resnet8", description="builtin:NAME | torchvision:NAME | timm:NAME | pkg.mod:callable | file.py:callable")
-    kwargs: dict[str, Any] = Field(default_factory=lambda: {"width": 32})
+    kwargs: dict[str, Any] = Field(default_factory=lambda: {"width": 32},
+                                   description="arguments of the model's builder (default {width: 32} for the built-in "
+                                               "teacher; {} for any other model unless set)")
     checkpoint: Optional[str] = Field(None, description="weights to load instead of training the teacher here")
     allow_pickle: bool = Field(False, description="allow a pickled full model (unpickling runs code: only for files you trust)")
+    head: Literal["auto", "replace", "keep"] = Field("auto", description=HEAD_HELP)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=8))
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    min_accuracy: float = Field(0.0, ge=0, le=1, description="stop when the teacher's validation accuracy is below this")
+    min_accuracy: Union[float, Literal["chance"]] = Field(
+        "chance", description="stop before distillation when the teacher's validation accuracy is below this; chance: "
+                              "when the lower end of its 99% Wilson interval is not above 1/classes")
     output: Union[StrictInt, str] = Field("auto", description=OUTPUT_HELP)
+
+    @model_validator(mode="after")
+    def _own_model_kwargs(self):
+        # The built-in teacher's {width: 32} means nothing to another builder (torchvision:inception_v3 has no width).
+        if "kwargs" not in self.model_fields_set and not self.model.startswith("builtin:"):
+            self.kwargs = {}
+        if isinstance(self.min_accuracy, float) and not 0 <= self.min_accuracy <= 1:
+            raise ValueError("teacher.min_accuracy must be 0..1 or 'chance'")
+        return self
 
 
 class StudentConfig(Section):
     model: str = "builtin:small_cnn"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Optional[str] = Field(None, description="pretrained weights the student starts from (distillation "
+                                                        "then trains it)")
+    allow_pickle: bool = Field(False, description="allow a pickled full model (unpickling runs code: only for files you trust)")
+    head: Literal["auto", "replace", "keep"] = Field("auto", description=HEAD_HELP)
     max_macs_ratio: float = Field(0.2, gt=0, le=1.0, description="warn when student MACs exceed this fraction of the teacher's")
     output: Union[StrictInt, str] = Field("auto", description=OUTPUT_HELP)
 
@@ -349,5 +377,40 @@ def load_recipe(path: str | Path | None = None, sets: Sequence[str] = (), target
     return validate_recipe(data, origin)
 
 
-def recipe_to_yaml(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+def _field_description(path: list[str]) -> str | None:
+    """The schema's description of a dotted field path (None when the field has none)."""
+    model: Any = Recipe
+    info = None
+    for part in path:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        info = fields[part]
+        model = info.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            args = [a for a in getattr(model, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+            model = args[0] if args else None
+    return info.description if info is not None else None
+
+
+def recipe_to_yaml(recipe: Recipe, explain: bool = False) -> str:
+    """The recipe as YAML; `explain`: each field preceded by its description from the schema, as a comment."""
+    text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    if not explain:
+        return text
+    import re
+
+    out: list[str] = []
+    stack: list[tuple[int, str]] = []
+    for line in text.splitlines():
+        m = re.match(r"^( *)([A-Za-z_]\w*):", line)
+        if m:
+            indent = len(m.group(1))
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            stack.append((indent, m.group(2)))
+            desc = _field_description([k for _, k in stack])
+            if desc:
+                out.append(f"{m.group(1)}# {desc}")
+        out.append(line)
+    return "\n".join(out) + "\n"

@@ -273,7 +273,8 @@ def environment() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "isa": _host_isa(),
         "tools": tool_versions(["torch", "onnx", "onnxruntime", "openvino", "nncf", "litert-torch",
-                                "ai-edge-litert", "torch-pruning", "tensorrt", "tensorrt-rtx", "numpy"]),
+                                "ai-edge-litert", "torch-pruning", "tensorrt", "tensorrt-rtx", "numpy",
+                                "torchvision", "timm"]),
     }
 
 

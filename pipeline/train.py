@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import random
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
@@ -102,6 +103,48 @@ def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float((np.asarray(logits).argmax(1) == np.asarray(y)).mean())
 
 
+EXPLODED = 1e6  # a loss above this is taken for divergence, whatever the first epoch's
+GROWTH = 1000.0  # ... and so is one this many times the first epoch's mean
+
+
+class DivergenceGuard:
+    """Stops training whose loss is non-finite or explodes (> EXPLODED, or > GROWTH x the first epoch's mean)
+    with one line naming the loss term that carries it (GateError, exit 1): such a model would otherwise
+    only fail later (an export parity gate, an INT8 accuracy budget) with a cause that points elsewhere.
+    `terms`: {loss part name: what it measures} for the message, e.g. {"fitnet": "fitnet on Mixed_6e"}."""
+
+    def __init__(self, desc: str, lr: float, terms: dict[str, str] | None = None):
+        self.desc, self.lr, self.terms = desc, lr, terms or {}
+        self.first: float | None = None
+
+    def check(self, value: float, parts: dict, epoch: int, step: int) -> None:
+        import math
+
+        limit = EXPLODED if self.first is None else min(EXPLODED, max(GROWTH * self.first, 10.0))
+        if math.isfinite(value) and value <= limit:
+            return
+        from pipeline.errors import GateError
+
+        finite = {k: float(v) for k, v in parts.items() if isinstance(v, (int, float))}
+        worst = max(finite, key=lambda k: abs(finite[k]) if math.isfinite(finite[k]) else math.inf) if finite else None
+        what = "non-finite" if not math.isfinite(value) else f"{value:.3g}"
+        base = f" (first epoch's mean {self.first:.3g})" if self.first is not None else ""
+        term = ""
+        fix = f"lower the learning rate of {self.desc} (now {self.lr:g})"
+        if worst is not None and len(finite) > 1:
+            term = f"; the term {self.terms.get(worst, worst)} carries {finite[worst]:.3g}"
+            fix += f", or the weight of {worst} in distill.losses"
+            if worst in ("fitnet", "at"):
+                fix += (" (features of large magnitude: a weight like 1e-3 for fitnet, or the at term, which "
+                        "normalises the features)")
+        raise GateError(f"{self.desc} diverged at epoch {epoch + 1}, step {step}: loss {what}{base}{term}",
+                        hint=fix)
+
+    def end_epoch(self, epoch: int, mean: float) -> None:
+        if self.first is None:
+            self.first = mean
+
+
 @dataclass
 class History:
     epochs: list[dict] = field(default_factory=list)
@@ -114,7 +157,9 @@ def fit(model: nn.Module, x_train, y_train: np.ndarray, x_val, y_val: np.ndarray
         loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, dict]] | None = None,
         extra_params: list[nn.Parameter] | None = None, do_augment: bool = False, hflip: bool = False,
         desc: str = "train", on_step: Callable[[int, torch.Tensor], None] | None = None,
-        augmenter=None, compute=None, views=None, workers: int = 0) -> History:
+        augmenter=None, compute=None, views=None, workers: int = 0,
+        head_modules: list[str] | None = None, backbone_lr_scale: float = 1.0,
+        loss_terms: dict[str, str] | None = None) -> History:
     """SGD + cosine schedule; keeps the weights of the epoch with the best validation accuracy.
 
     `x_train`/`x_val`: memory-mapped ImageSplits (the stages) or float32 NCHW arrays. Batches are read
@@ -137,12 +182,24 @@ def fit(model: nn.Module, x_train, y_train: np.ndarray, x_val, y_val: np.ndarray
     gen = torch.Generator().manual_seed(seed)
     split = as_split(x_train)
     compute.prepare(model)
-    params = list(model.parameters()) + list(extra_params or [])
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+    max_lr: float | list[float] = lr
+    if head_modules and backbone_lr_scale != 1.0:
+        # A new head on a pretrained backbone: the head learns at lr, the backbone at lr * backbone_lr_scale.
+        heads = tuple(f"{h}." for h in head_modules)
+        head_p = [p for n, p in model.named_parameters() if n.startswith(heads)]
+        body_p = [p for n, p in model.named_parameters() if not n.startswith(heads)]
+        groups = [{"params": body_p + list(extra_params or []), "lr": lr * backbone_lr_scale},
+                  {"params": head_p, "lr": lr}]
+        max_lr = [lr * backbone_lr_scale, lr]
+        opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+    else:
+        params = list(model.parameters()) + list(extra_params or [])
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
     per_epoch = len(epoch_order(len(split), batch_size, torch.Generator().manual_seed(0)))
     steps = max(1, epochs * per_epoch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15,
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=steps, pct_start=0.15,
                                                 anneal_strategy="cos") if epochs else None
+    guard = DivergenceGuard(desc, lr, loss_terms)
     scaler = torch.amp.GradScaler("cuda") if compute.needs_scaler else None
     hist = History()
     best_state = copy.deepcopy(model.state_dict())
@@ -169,9 +226,9 @@ def fit(model: nn.Module, x_train, y_train: np.ndarray, x_val, y_val: np.ndarray
                     try:
                         with compute.autocast():
                             if loss_fn is None:
-                                loss, _ = F.cross_entropy(model(xb).float(), yb), {}
+                                loss, parts = F.cross_entropy(model(xb).float(), yb), dict[str, float]()
                             else:
-                                loss, _ = loss_fn(model, xb, yb, idx, epoch)
+                                loss, parts = loss_fn(model, xb, yb, idx, epoch)
                     except ValueError as e:
                         if "Expected more than 1 value per channel" not in str(e):
                             raise
@@ -193,9 +250,12 @@ def fit(model: nn.Module, x_train, y_train: np.ndarray, x_val, y_val: np.ndarray
                 if sched is not None:
                     sched.step()
                 step += 1
-                total += loss.item() * len(idx)
+                value = loss.item()
+                guard.check(value, parts, epoch, step)
+                total += value * len(idx)
                 count += len(idx)
             seconds = time.perf_counter() - t0
+            guard.end_epoch(epoch, total / max(count, 1))
             val_acc = accuracy(predict(model, x_val, compute=compute), y_val)
             hist.epochs.append({"epoch": epoch, "loss": total / max(count, 1), "val_accuracy": val_acc,
                                 "train_seconds": round(seconds, 3), "images_per_s": round(count / max(seconds, 1e-9), 1)})
@@ -203,6 +263,11 @@ def fit(model: nn.Module, x_train, y_train: np.ndarray, x_val, y_val: np.ndarray
                 hist.best_val_accuracy, hist.best_epoch = val_acc, epoch
                 best_state = copy.deepcopy(model.state_dict())
             bar.set_postfix(loss=f"{total / max(count, 1):.3f}", val=f"{val_acc:.3f}")
+            if not quiet() and not sys.stderr.isatty():  # no bar in a log file or a pipe: one line per epoch
+                done_s = sum(e["train_seconds"] for e in hist.epochs)
+                eta = done_s / len(hist.epochs) * (epochs - len(hist.epochs))
+                print(f"  {desc}: epoch {epoch + 1}/{epochs} loss {total / max(count, 1):.4g} val {val_acc:.3f} "
+                      f"{count / max(seconds, 1e-9):.0f} images/s ETA {eta:.0f} s", file=sys.stderr, flush=True)
         model.load_state_dict(best_state)
         return hist
     finally:

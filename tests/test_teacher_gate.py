@@ -108,8 +108,9 @@ def test_distill_stage_notes_a_teacher_below_the_student(tmp_path, weak_ckpt):
     from pipeline.stages.distill import run_distill
     from pipeline.stages.teacher import run_teacher
 
+    # A chance-level teacher: the default teacher.min_accuracy=chance would stop the run before distilling.
     recipe = load_recipe(None, [f"teacher.checkpoint={weak_ckpt}", "teacher.kwargs.width=8", "data.input_size=8",
-                                "data.limit=400", "distill.epochs=3",
+                                "data.limit=400", "distill.epochs=3", "teacher.min_accuracy=0",
                                 "distill.losses=[{name: ce, weight: 1.0}, {name: kd, weight: 0.1}]"])
     runner = Runner(tmp_path / "run")
     data = run_data(runner, recipe)

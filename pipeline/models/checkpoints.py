@@ -324,7 +324,8 @@ def _block_counts(keys) -> dict[str, int]:
     return counts
 
 
-def likely_kwargs(model: nn.Module, model_sd: dict, ckpt_sd: dict, kwargs: dict | None = None) -> list[str]:
+def likely_kwargs(model: nn.Module, model_sd: dict, ckpt_sd: dict, kwargs: dict | None = None,
+                  field: str = "teacher") -> list[str]:
     """Which model arguments probably differ, read from the checkpoint's tensor shapes."""
     kwargs = kwargs or {}
     hints: list[str] = []
@@ -340,13 +341,14 @@ def likely_kwargs(model: nn.Module, model_sd: dict, ckpt_sd: dict, kwargs: dict 
                 arg = "width" if "width" in kwargs or _takes(model, "width") else "its width argument"
                 hints.append(f"the checkpoint's first conv has {w_ck.shape[0]} output channels, the model "
                              f"{w_m.shape[0]}: probably {arg}={w_ck.shape[0]}"
-                             + (" (teacher.kwargs)" if arg == "width" else ""))
+                             + (f" ({field}.kwargs)" if arg == "width" else ""))
     if linears and f"{linears[-1]}.weight" in ckpt_sd:
         w_ck, w_m = ckpt_sd[f"{linears[-1]}.weight"], model_sd.get(f"{linears[-1]}.weight")
         if w_m is not None and w_ck.ndim == 2 and w_ck.shape[0] != w_m.shape[0]:
             hints.append(f"the checkpoint's classifier ({linears[-1]}) has {w_ck.shape[0]} outputs, this data has "
                          f"{w_m.shape[0]} classes: it was trained for another label set (num_classes="
-                         f"{w_ck.shape[0]}); use a checkpoint trained on these classes or train the teacher here")
+                         f"{w_ck.shape[0]}); set {field}.head=replace to give it a new {w_m.shape[0]}-class head and "
+                         f"fine-tune it here (teacher.finetune.epochs), or use a checkpoint trained on these classes")
     ck_blocks, m_blocks = _block_counts(ckpt_sd), _block_counts(model_sd)
     deeper = [f"{s}: {ck_blocks[s]} in the checkpoint vs {m_blocks[s]} in the model" for s in m_blocks
               if s in ck_blocks and ck_blocks[s] != m_blocks[s]]
@@ -388,8 +390,41 @@ def _weights_beside_objects(obj: BesideObjects, path, expected: set[str], field:
     return sd
 
 
+def classifier_heads(model: nn.Module, model_sd: dict, ckpt_sd: dict) -> tuple[list[str], int | None]:
+    """The classifier heads whose class count differs between the model and the checkpoint, found from the
+    model: the checkpoint's class count is the output count its copy of the model's last Linear has; a head
+    is every Linear or 1x1-conv module whose weight has that many outputs in the checkpoint, another count in
+    the model, and the same shape otherwise (torchvision inception_v3: fc and AuxLogits.fc; resnet: fc;
+    mobilenet/efficientnet: classifier.N; timm: its get_classifier(); squeezenet's conv classifier).
+    Returns (module names, the checkpoint's class count)."""
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    last = next((n for n in reversed(linears) if f"{n}.weight" in ckpt_sd), None)
+    if last is None:
+        return [], None
+    k = int(ckpt_sd[f"{last}.weight"].shape[0])
+    heads = []
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) or f"{name}.weight" not in ckpt_sd:
+            continue
+        w_m, w_ck = model_sd[f"{name}.weight"], ckpt_sd[f"{name}.weight"]
+        if isinstance(m, nn.modules.conv._ConvNd) and (m.groups != 1 or any(s != 1 for s in m.kernel_size)):
+            continue
+        if w_ck.ndim == w_m.ndim and w_ck.shape[0] == k != w_m.shape[0] and w_ck.shape[1:] == w_m.shape[1:]:
+            heads.append(name)
+    return heads, k
+
+
+def _head_keys(model: nn.Module, heads: list[str]) -> set[str]:
+    keys: set[str] = set()
+    for name in heads:
+        mod = model.get_submodule(name)
+        keys |= {f"{name}.{k}" for k in mod.state_dict()}
+    return keys
+
+
 def load_into(model: nn.Module, path: str | Path, allow_pickle: bool = False, kwargs: dict | None = None,
-              field: str = "teacher", notes: list[str] | None = None) -> nn.Module:
+              field: str = "teacher", notes: list[str] | None = None, head: str = "keep",
+              replaced: dict | None = None) -> nn.Module:
     """Load weights into `model` and return it; a TorchScript file is returned as it is.
 
     Accepts exactly what PyTorch's strict `load_state_dict` accepts (after unwrapping the state dict and
@@ -410,19 +445,51 @@ def load_into(model: nn.Module, path: str | Path, allow_pickle: bool = False, kw
     else:
         sd = extract_state_dict(obj, set(model_sd))
     sd = remap_prefixes(sd, set(model_sd))
-    try:
-        model.load_state_dict(sd, strict=True)
-        return model
-    except RuntimeError as e:
-        torch_text = str(e)
+    heads, k = classifier_heads(model, model_sd, sd)
+    if not heads and head == "replace":  # same class count, another label set: re-initialise the head(s) anyway
+        n = next((int(m.out_features) for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+        heads = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == n]
+        k = n
+    if heads and head in ("auto", "replace"):
+        # Every other tensor loads strictly; the heads keep the initialisation the model's builder gave them.
+        keys = _head_keys(model, heads)
+        rest = {key: v for key, v in sd.items() if key not in keys}
+        try:
+            result = model.load_state_dict(rest, strict=False)
+        except RuntimeError as e:
+            torch_text = str(e)
+        else:
+            missing = [key for key in result.missing_keys if key not in keys]
+            if not missing and not result.unexpected_keys:
+                n = int(model_sd[f"{heads[0]}.weight"].shape[0])
+                if replaced is not None:
+                    replaced.update(modules=heads, checkpoint_classes=k, classes=n)
+                if notes is not None:
+                    notes.append(f"{field}.head={head}: the checkpoint's classifier has {k} classes, this data {n}: "
+                                 f"replaced {', '.join(heads)} (new weights), loaded every other tensor from {path}")
+                return model
+            torch_text = f"missing {missing[:4]}, unexpected {result.unexpected_keys[:4]}"
+            model.load_state_dict(model_sd)  # leave the model as built
+    else:
+        try:
+            model.load_state_dict(sd, strict=True)
+            return model
+        except RuntimeError as e:
+            torch_text = str(e)
     diff = key_diff(model_sd, sd) or torch_text.splitlines()[0][:300]
-    hints = likely_kwargs(model, model_sd, sd, kwargs)
+    hints = likely_kwargs(model, model_sd, sd, kwargs, field)
+    if heads:
+        hints = [h for h in hints if not h.startswith("the checkpoint's classifier")]
+        then = "fine-tune it here (teacher.finetune.epochs)" if field == "teacher" else "train it by distillation"
+        hints.insert(0, f"the checkpoint's classifier ({', '.join(heads)}) has {k} classes (num_classes={k}), this data "
+                        f"{int(model_sd[f'{heads[0]}.weight'].shape[0])}: set {field}.head=replace to give it a new "
+                        f"head and {then}, or use a checkpoint trained on these classes")
     shared = len(set(model_sd) & set(sd))
     if shared < len(model_sd) / 2:
         hints.insert(0, f"only {shared} of the model's {len(model_sd)} tensor names are in the checkpoint: it was "
                         f"probably saved from another architecture; set {field}.model to the one it was saved from")
     hint = "; ".join(hints + [f"check {field}.model / {field}.kwargs, or the checkpoint you meant"])
-    if isinstance(obj, nn.Module):
+    if isinstance(obj, nn.Module) and not heads:  # a class-count mismatch is reported as such whatever the load path
         cls = type(obj)
         hint = (f"the pickled model is a {cls.__module__}.{cls.__qualname__}: set {field}.model to a callable "
                 f"that builds that architecture (e.g. {cls.__module__}:{cls.__qualname__}) and its kwargs")

@@ -21,6 +21,8 @@ from pipeline.errors import ConfigError, MissingDependency, PipelineError
 from pipeline.models import zoo
 
 
+# Pasted from the project folder it installs the pinned torchvision/timm (constraints.txt) beside torch 2.13.0.
+VISION_FIX = "pip install -c constraints.txt -e '.[vision]' (run from the edge-pipeline folder; make run does it)"
 SPEC_FORMS = "builtin:NAME, torchvision:NAME, timm:NAME, package.module:callable or path/to/file.py:callable"
 
 
@@ -143,10 +145,12 @@ def spec_fingerprint(spec: str) -> str | None:
 
 def _torchvision(name: str, kwargs: dict[str, Any], in_channels: int, num_classes: int) -> nn.Module:
     try:
-        import torchvision.models as tvm
-    except Exception as e:  # ImportError, or the torch/torchvision operator mismatch (docs/TOOLCHAIN.md)
+        from pipeline.models.vision import import_torchvision
+
+        tvm = import_torchvision().models
+    except Exception as e:  # ImportError, or a torchvision built for another torch (docs/TOOLCHAIN.md)
         raise MissingDependency(f"torchvision is not usable here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
-                                hint="pip install -e '.[vision]' (needs torch 2.14.1 + torchvision 0.29.1)") from None
+                                hint=VISION_FIX) from None
     if name not in tvm.list_models():
         import difflib
 
@@ -161,23 +165,24 @@ def _torchvision(name: str, kwargs: dict[str, Any], in_channels: int, num_classe
         return tvm.get_model(name, **kw)
     except Exception as e:  # torchvision's builders raise many types: ConfigError naming the model
         raise ConfigError(f"building torchvision:{name} failed: {type(e).__name__}: {e}",
-                          hint="check teacher.kwargs / student.kwargs") from None
+                          hint="check teacher.kwargs / student.kwargs (e.g. --set teacher.kwargs={} for the builder's defaults)") from None
 
 
 def _timm(name: str, kwargs: dict[str, Any], in_channels: int, num_classes: int) -> nn.Module:
     try:
-        import timm
+        from pipeline.models.vision import import_timm
+
+        timm = import_timm()
     except Exception as e:  # ImportError or a broken install: MissingDependency
         raise MissingDependency(f"timm is not usable here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
-                                hint="pip install -e '.[vision]' (timm needs torchvision: torch 2.14.1 + "
-                                     "torchvision 0.29.1)") from None
+                                hint=VISION_FIX) from None
     if not timm.is_model(name):
         raise ConfigError(f"timm has no model {name!r}", hint="see timm.list_models()")
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
     except Exception as e:  # timm's builders raise many types: ConfigError naming the model
         raise ConfigError(f"building timm:{name} failed: {type(e).__name__}: {e}",
-                          hint="check teacher.kwargs / student.kwargs") from None
+                          hint="check teacher.kwargs / student.kwargs (e.g. --set teacher.kwargs={} for the builder's defaults)") from None
 
 
 def build_model(spec: str, kwargs: dict[str, Any] | None, in_channels: int, num_classes: int) -> nn.Module:

@@ -151,6 +151,9 @@ def _target_notes(summary: dict) -> list[str]:
         g = t.get("gate") or {}
         if g:
             out.append(f"{name}: accuracy gate {g.get('decision')} (decided on {g.get('decided_on')}): {g.get('reason')}")
+        slow = t.get("int8_slower_than_fp32") or {}
+        if slow:
+            out.append(f"{name}: warning: {slow.get('reason')}")
         q = t.get("quantize") or {}
         if q.get("kept_in_float"):
             out.append(f"{name}: kept in float to hold the accuracy budget: {q['kept_in_float']}")

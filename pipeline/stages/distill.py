@@ -1,6 +1,8 @@
 """distill: train the student from the teacher with the recipe's named, weighted loss terms."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -62,8 +64,20 @@ def make_kd_loss(student, teacher, terms, x_train, cache_outputs: bool, compute=
     return loss_fn, criterion
 
 
+def term_descriptions(criterion) -> dict[str, str]:
+    """{loss part name: 'fitnet on layer3 -> Mixed_6e (weight 1)'} for the divergence message."""
+    out = {}
+    for name, spec in zip(criterion.names, criterion.specs):
+        where = ""
+        if spec.student_layer is not None:
+            where = f" on {spec.student_layer} -> {spec.teacher_layer}"
+        out[name] = f"{name}{where} (weight {spec.weight:g})"
+    return out
+
+
 def distill_student(student, teacher, splits, cfg, seed: int, augment: bool, hflip: bool, desc: str = "distill",
-                    augmenter=None, compute=None, workers: int = 0, notes: list | None = None):
+                    augmenter=None, compute=None, workers: int = 0, notes: list | None = None,
+                    head_modules: list[str] | None = None, backbone_lr_scale: float = 1.0):
     """KD of `student` from `teacher` on the splits; returns (History, how the teacher's outputs were got:
     False (online), True (cached, no augmentation) or the number of cached augmented views)."""
     from pipeline.data.augment import Augmenter
@@ -94,7 +108,8 @@ def distill_student(student, teacher, splits, cfg, seed: int, augment: bool, hfl
         hist = fit(student, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=cfg.epochs, lr=cfg.lr,
                    batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay, seed=seed,
                    loss_fn=loss_fn, extra_params=list(criterion.parameters()), augmenter=augmenter, desc=desc,
-                   compute=compute, views=views, workers=workers)
+                   compute=compute, views=views, workers=workers, loss_terms=term_descriptions(criterion),
+                   head_modules=head_modules, backbone_lr_scale=backbone_lr_scale)
     finally:
         criterion.close()
         criterion.to("cpu")
@@ -138,6 +153,15 @@ def run_distill(runner: Runner, recipe, data: StageResult, teacher: StageResult)
         c, n = splits.input_shape[0], splits.num_classes
         torch.manual_seed(recipe.seed)
         student = build_model(scfg.model, scfg.kwargs, c, n)
+        replaced: dict = {}
+        if scfg.checkpoint:
+            from pipeline.models.checkpoints import load_into
+
+            student = load_into(student, scfg.checkpoint, allow_pickle=scfg.allow_pickle, kwargs=scfg.kwargs,
+                                field="student", notes=ctx.notes, head=scfg.head, replaced=replaced)
+            ctx.notes.append(f"student starts from {scfg.checkpoint}")
+            if replaced:
+                ctx.metrics["head_replaced"] = replaced
         student = check_accepts_input(student, splits.x_train, n, "student", scfg.model, scfg.output)
         from pipeline.models.onnx_check import check_exportable
 
@@ -160,5 +184,11 @@ def run_distill(runner: Runner, recipe, data: StageResult, teacher: StageResult)
 
     # The student's own code (a user file and what it imports) is part of the key; the training code is in
     # the import closure of this module, which the runner hashes.
+    from pipeline.artifacts import sha256_file
+
+    ck = scfg.checkpoint
+    extra: dict = {"student_code": spec_fingerprint(scfg.model)}
+    if ck:
+        extra["student_checkpoint"] = sha256_file(ck) if Path(ck).is_file() else None
     return runner.stage("distill", fn, config=config, inputs={"data": data, "teacher": teacher}, tools=TOOLS,
-                        extra_key={"student_code": spec_fingerprint(scfg.model)})
+                        extra_key=extra)

@@ -314,6 +314,10 @@ def run_benchmark(runner: Runner, recipe, name: str, label: str, cases: list[dic
                 min_iters=b.min_iters, min_time=b.min_time_s, source=case["source"])
         (ctx.dir / "bench.json").write_text(strict_json.dumps(results, indent=2))
         ctx.metrics.update({k: _bench_summary(v) for k, v in results.items()})
+        slower = int8_slower_than_fp32(ctx.metrics)
+        if slower:
+            ctx.metrics["int8_slower_than_fp32"] = slower
+            ctx.notes.append("warning: " + slower["reason"])
 
     from pipeline.runner import environment
 
@@ -325,6 +329,31 @@ def run_benchmark(runner: Runner, recipe, name: str, label: str, cases: list[dic
     return runner.stage(name, fn, config=config, inputs=inputs, tools=["onnxruntime", "openvino", "ai-edge-litert"],
                         # harness, runtime and bench.py: in the closure of this module (code_closure)
                         label=label)
+
+
+SPREAD_K = 2.0  # INT8 counts as slower only beyond this many times the measured relative spread
+
+
+def int8_slower_than_fp32(bench: dict) -> dict | None:
+    """A record when the measured INT8 p50 is not faster than the FP32 p50 (same runtime, batch, host) by more
+    than the measurements' own spread: INT8 p50 >= FP32 p50 * (1 + SPREAD_K * max(cv_between_repeats of the two))
+    (with one repeat there is no spread: INT8 p50 >= FP32 p50). None when faster, or not both measured."""
+    i8, f32 = (bench.get("int8") or {}).get("latency_ms"), (bench.get("fp32") or {}).get("latency_ms")
+    if not i8 or not f32 or not i8.get("p50") or not f32.get("p50"):
+        return None
+    if (bench["int8"].get("batch"), i8.get("runtime")) != (bench["fp32"].get("batch"), f32.get("runtime")):
+        return None
+    spread = max(float(i8.get("cv_between_repeats") or 0.0), float(f32.get("cv_between_repeats") or 0.0))
+    limit = f32["p50"] * (1 + SPREAD_K * spread)
+    if i8["p50"] < limit:
+        return None
+    ratio = i8["p50"] / f32["p50"]
+    spread_txt = f", beyond {SPREAD_K:g}x the measured spread ({spread:.1%})" if spread else ""
+    return {"int8_p50_ms": i8["p50"], "fp32_p50_ms": f32["p50"], "ratio": round(ratio, 3), "spread": spread,
+            "reason": f"INT8 is not faster than FP32 here: p50 {i8['p50']:.4g} ms vs {f32['p50']:.4g} ms "
+                      f"({ratio:.2f}x{spread_txt}, {i8.get('runtime')}, batch {bench['int8'].get('batch')}); the "
+                      "FP32 model is in the run as well: ship it, or keep the slow layers in float "
+                      "(quantize.fallback_objective=latency)"}
 
 
 def _bench_summary(case: dict) -> dict:

@@ -115,7 +115,8 @@ def _describe(model, splits, ctx: StageContext) -> None:
     ctx.metrics.update(
         val_accuracy=accuracy(predict(model, splits.x_val), splits.y_val),
         test_accuracy=accuracy(predict(model, splits.x_test), splits.y_test),
-        params=count_params(model), macs=count_macs(model, shape))
+        params=count_params(model), macs=count_macs(model, shape),
+        val_count=int(len(splits.y_val)), num_classes=int(splits.num_classes))
     ctx.metrics["accuracy_splits"] = {"val": split_origin(splits, "val"), "test": split_origin(splits, "test")}
     ctx.notes.extend(teacher_split_note(splits, ctx.metrics["val_accuracy"], ctx.metrics["test_accuracy"]))
 
@@ -130,8 +131,12 @@ def run_teacher(runner: Runner, recipe, data: StageResult) -> StageResult:
         set_seed(recipe.seed)  # the initial weights are part of a reproducible teacher
         model = build_model(cfg.model, cfg.kwargs, c, n)
         if ckpt:
-            model = load_into(model, ckpt, allow_pickle=cfg.allow_pickle, kwargs=cfg.kwargs, notes=ctx.notes)
+            replaced: dict = {}
+            model = load_into(model, ckpt, allow_pickle=cfg.allow_pickle, kwargs=cfg.kwargs, notes=ctx.notes,
+                              head=cfg.head, replaced=replaced)
             ctx.notes.append(f"teacher loaded from {ckpt}")
+            if replaced:
+                ctx.metrics["head_replaced"] = replaced
         model = check_accepts_input(model, splits.x_train, n, "teacher", cfg.model, cfg.output)
         import torch
 
@@ -163,14 +168,20 @@ def run_teacher(runner: Runner, recipe, data: StageResult) -> StageResult:
 
     res = runner.stage("teacher", fn, config=config, inputs={"data": data}, tools=TOOLS,
                        extra_key={"checkpoint": extra, "model_code": spec_fingerprint(cfg.model)})
-    if cfg.finetune.epochs > 0:
-        res = run_finetune(runner, recipe, data, res)
+    replaced = res.metrics.get("head_replaced")
+    if cfg.finetune.epochs > 0 or replaced:
+        res = run_finetune(runner, recipe, data, res, heads=(replaced or {}).get("modules"))
     check_min_accuracy(recipe, res)
     return res
 
 
-def run_finetune(runner: Runner, recipe, data: StageResult, teacher: StageResult) -> StageResult:
+def run_finetune(runner: Runner, recipe, data: StageResult, teacher: StageResult,
+                 heads: list[str] | None = None) -> StageResult:
+    """Adapt the teacher; after a head replacement (`heads`) for finetune.head_epochs when finetune.epochs is 0,
+    the new heads at finetune.lr and the backbone at lr * finetune.backbone_lr_scale."""
     ft = recipe.teacher.finetune
+    epochs = ft.epochs or (ft.head_epochs if heads else 0)
+    scale = ft.backbone_lr_scale if heads else 1.0
 
     def fn(ctx: StageContext) -> None:
         splits = read_splits(data)
@@ -180,10 +191,10 @@ def run_finetune(runner: Runner, recipe, data: StageResult, teacher: StageResult
         t = recipe.teacher.train
         compute = from_recipe(recipe)
         compute.apply_threads()
-        hist = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=ft.epochs, lr=ft.lr,
+        hist = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=epochs, lr=ft.lr,
                    batch_size=t.batch_size, momentum=t.momentum, weight_decay=t.weight_decay, seed=recipe.seed,
                    augmenter=augmenter_for(recipe.data), desc="teacher finetune", compute=compute,
-                   workers=recipe.data.workers)
+                   workers=recipe.data.workers, head_modules=heads, backbone_lr_scale=scale)
         if hist.best_val_accuracy < before:  # adapting made it worse: hand on the teacher as given
             model.load_state_dict(original)
             ctx.notes.append(f"teacher finetune lowered the validation accuracy ({before:.3f} -> "
@@ -194,39 +205,64 @@ def run_finetune(runner: Runner, recipe, data: StageResult, teacher: StageResult
         save_model(model, ctx.dir, info["spec"], info["kwargs"], info["in_channels"], info["num_classes"])
         _describe(model, splits, ctx)
         ctx.metrics["val_accuracy_before_finetune"] = before
-        ctx.notes.append(f"teacher adapted for {ft.epochs} epochs: val accuracy {before:.3f} -> "
+        ctx.metrics["finetune_epochs"] = epochs
+        if "head_replaced" in teacher.metrics:
+            ctx.metrics["head_replaced"] = teacher.metrics["head_replaced"]
+        lrs = f" (new head at lr {ft.lr:g}, backbone at {ft.lr * scale:g})" if heads else ""
+        ctx.notes.append(f"teacher adapted for {epochs} epochs{lrs}: val accuracy {before:.3f} -> "
                          f"{ctx.metrics['val_accuracy']:.3f}")
 
     t = recipe.teacher.train
-    config = ft.model_dump(mode="json") | {
+    config = ft.model_dump(mode="json") | {"epochs": epochs, "backbone_lr_scale": scale, "heads": heads or [],
         "seed": recipe.seed, "augment": recipe.data.augment, "hflip": recipe.data.augment and recipe.data.hflip,
         # fit() also uses these from teacher.train: they belong in the key
         "batch_size": t.batch_size, "momentum": t.momentum, "weight_decay": t.weight_decay,
         "compute": recipe_key(recipe)}
     return runner.stage("teacher_finetune", fn, config=config, inputs={"data": data, "teacher": teacher},
-                        tools=TOOLS, label=f"teacher finetune [{ft.epochs} epochs]")
+                        tools=TOOLS, label=f"teacher finetune [{epochs} epochs]")
+
+
+def chance_gate(acc: float, n_val: int, num_classes: int) -> tuple[bool, str]:
+    """(below, description): whether a teacher scoring `acc` on `n_val` validation images is not better than
+    chance (1/num_classes) beyond sampling error: the lower end of its 95% Wilson interval is not above it."""
+    from pipeline.stats import wilson_interval
+
+    chance = 1.0 / max(num_classes, 1)
+    lo, hi = wilson_interval(round(acc * n_val), n_val)
+    return lo <= chance, (f"95% interval {lo:.3f}..{hi:.3f} on n={n_val} does not exclude chance "
+                          f"1/{num_classes}={chance:.3f}")
 
 
 def check_min_accuracy(recipe, teacher: StageResult) -> None:
     acc = teacher.metrics["val_accuracy"]
     need = recipe.teacher.min_accuracy
-    if acc < need:
-        ft = recipe.teacher.finetune
-        if ft.epochs > 0:
-            done = (f" after adapting it for {ft.epochs} epochs (from "
-                    f"{teacher.metrics.get('val_accuracy_before_finetune', float('nan')):.3f})")
-            hint = (f"adapt it longer: raise teacher.finetune.epochs (now {ft.epochs}) or teacher.finetune.lr "
-                    f"(now {ft.lr}), or give a teacher trained on this kind of images")
-        else:
-            done = ""
-            hint = ("adapt it first with --set teacher.finetune.epochs=5 (its own cached stage), "
-                    "or give a teacher trained on this kind of images")
-            if not recipe.teacher.checkpoint:
-                hint += f"; this teacher was trained here: raise teacher.train.epochs (now {recipe.teacher.train.epochs})"
-        raise GateError(
-            f"the teacher scores {acc:.3f} on the validation split{done}, below teacher.min_accuracy={need}; "
-            "a teacher that does not know this data can make distillation worse than training the student alone",
-            hint=hint)
+    if need == "chance":
+        n_val, k = teacher.metrics.get("val_count"), teacher.metrics.get("num_classes")
+        if not n_val or not k:
+            return
+        below, why = chance_gate(acc, int(n_val), int(k))
+        if not below:
+            return
+        need = f"'chance' ({why})"
+    elif acc >= need:
+        return
+    ft = recipe.teacher.finetune
+    epochs = int(teacher.metrics.get("finetune_epochs", ft.epochs))
+    if epochs > 0:
+        done = (f" after adapting it for {epochs} epochs (from "
+                f"{teacher.metrics.get('val_accuracy_before_finetune', float('nan')):.3f})")
+        hint = (f"adapt it longer: raise teacher.finetune.epochs (now {epochs}) or teacher.finetune.lr "
+                f"(now {ft.lr}), or give a teacher trained on this kind of images")
+    else:
+        done = ""
+        hint = ("adapt it first with --set teacher.finetune.epochs=5 (its own cached stage), "
+                "or give a teacher trained on this kind of images")
+        if not recipe.teacher.checkpoint:
+            hint += f"; this teacher was trained here: raise teacher.train.epochs (now {recipe.teacher.train.epochs})"
+    raise GateError(
+        f"the teacher scores {acc:.3f} on the validation split{done}, below teacher.min_accuracy={need}; "
+        "a teacher that does not know this data can make distillation worse than training the student alone",
+        hint=hint + "; or lower the gate with --set teacher.min_accuracy=0")
 
 
 def teacher_below_student_note(teacher_val: float | None, student_val: float | None) -> str | None:
