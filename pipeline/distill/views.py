@@ -2,7 +2,8 @@
 
 With augmentation the teacher's forward pass costs as much as a large share of a KD step, every epoch.
 Here K augmentation parameter sets per image are drawn once from a seeded generator, the teacher runs
-once per view (batched, inference_mode, the run's autocast), and its logits are stored in a float16
+once per view (batched, inference_mode, the run's autocast; on an fp32 CPU run the frozen copy of
+pipeline/distill/fast_teacher.py), and its logits are stored in a float16
 memory map. Each epoch every image uses one of its K views, picked at random: the student's input is
 regenerated from the stored parameters (pipeline/data/augment.py `apply` is deterministic), so it is
 exactly the view the teacher saw. K = 0 keeps the teacher online.
