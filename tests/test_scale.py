@@ -270,7 +270,84 @@ def test_teacher_views_regenerate_the_view_the_teacher_saw(tiny_splits):
 def test_default_teacher_views_follow_the_epochs():
     from pipeline.distill.views import default_views
 
-    assert default_views(30) == 7 and default_views(100) == 8 and default_views(3) == 0
+    # 1 epoch: a view costs what the online teacher does; from 2 epochs at least one view saves teacher passes
+    assert [default_views(e) for e in (0, 1, 2, 3, 4, 7, 8, 30, 100)] == [0, 0, 1, 1, 1, 1, 2, 7, 8]
+
+
+def test_fp32_kd_default_caches_teacher_views_with_the_frozen_teacher(tiny_splits):
+    """An fp32 CPU run of 3 epochs with augmentation and distill.teacher_views unset (the AVX2 path, where
+    the online teacher made KD 0.95x a plain loop) precomputes one view per image with the frozen teacher."""
+    from pipeline.device import resolve
+    from pipeline.stages.distill import distill_student
+
+    teacher, student = _models()
+    compute = resolve("cpu", "fp32", threads=1, channels_last=False)
+    cfg = DistillConfig(epochs=3, lr=0.05, batch_size=32)
+    assert cfg.teacher_views is None
+    info: dict = {}
+    hist, how = distill_student(student, teacher, tiny_splits, cfg, 0, True, False, compute=compute, info=info,
+                                augmenter=aug.augmenter_for(DataConfig(input_size=12, augment=True)))
+    assert how == 1 and info["teacher_forward"] == "frozen"
+    assert len(hist.epochs) == 3 and all(np.isfinite(e["loss"]) for e in hist.epochs)
+    # the teacher itself is left as it was: an eager fp32 module on the CPU
+    assert isinstance(teacher, torch.nn.Module) and not isinstance(teacher, torch.jit.ScriptModule)
+    assert next(teacher.parameters()).dtype == torch.float32
+
+
+def test_frozen_teacher_equals_the_eager_teacher_and_falls_back_where_it_cannot(tiny_splits):
+    from pipeline.device import resolve
+    from pipeline.distill.fast_teacher import inference_teacher
+
+    teacher, _ = _models()
+    teacher.eval()
+    fp32 = resolve("cpu", "fp32", channels_last=False)
+    x = torch.from_numpy(np.asarray(tiny_splits.x_train[:4]))
+    fwd, how = inference_teacher(teacher, x, fp32)
+    assert how == "frozen" and fwd is not teacher
+    xb = torch.from_numpy(np.asarray(tiny_splits.x_train[:37]))  # another (odd) batch size than the traced one
+    with torch.inference_mode():
+        torch.testing.assert_close(fwd(xb), teacher(xb), atol=1e-5, rtol=1e-5)
+    # bf16 autocast: the eager teacher (the frozen copy would run fp32 numerics under another precision)
+    assert inference_teacher(teacher, x, resolve("cpu", "bf16", channels_last=False)) == \
+        (teacher, "eager (frozen copy only for fp32 on the CPU)")
+
+    class BakedBatch(torch.nn.Module):  # the tracer records the batch size as a constant
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(144, 10)
+
+        def forward(self, x):
+            return self.fc(x.reshape(int(x.shape[0]), -1))
+
+    baked = BakedBatch()
+    fwd, how = inference_teacher(baked, x, fp32)
+    assert fwd is baked and how.startswith("eager (")
+
+
+def test_cached_views_from_the_frozen_teacher_equal_the_online_teachers_logits(tiny_splits):
+    """What the student is taught with views on (frozen teacher, float16 store) is the online eager teacher's
+    logits for the very view the student sees."""
+    from pipeline.device import resolve
+    from pipeline.distill.fast_teacher import inference_teacher
+    from pipeline.distill.views import TeacherViews
+
+    teacher, _ = _models()
+    teacher.eval()
+    a = aug.Augmenter("padcrop", 12, hflip=True)
+    compute = resolve("cpu", "fp32", channels_last=False)
+    fwd, how = inference_teacher(teacher, torch.from_numpy(np.asarray(tiny_splits.x_train[:4])), compute)
+    assert how == "frozen"
+    views = TeacherViews(fwd, tiny_splits.x_train, a, 2, seed=3, compute=compute, batch=64)
+    try:
+        idx = torch.arange(0, len(tiny_splits.x_train), 7)
+        params = views.select(idx, torch.Generator().manual_seed(1))
+        x = torch.from_numpy(tiny_splits.x_train[idx.numpy()])
+        with torch.inference_mode():
+            want = teacher(a.apply(x, params))
+        torch.testing.assert_close(views.current, want, atol=2e-2, rtol=1e-2)  # float16 storage
+        assert (views.current.argmax(1) == want.argmax(1)).float().mean() >= 0.99
+    finally:
+        views.close()
 
 
 def test_odd_batch_guard_runs_odd_cpu_batches_without_onednn():

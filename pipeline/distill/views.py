@@ -2,7 +2,8 @@
 
 With augmentation the teacher's forward pass costs as much as a large share of a KD step, every epoch.
 Here K augmentation parameter sets per image are drawn once from a seeded generator, the teacher runs
-once per view (batched, inference_mode, the run's autocast), and its logits are stored in a float16
+once per view (batched, inference_mode, the run's autocast; on an fp32 CPU run the frozen copy of
+pipeline/distill/fast_teacher.py), and its logits are stored in a float16
 memory map. Each epoch every image uses one of its K views, picked at random: the student's input is
 regenerated from the stored parameters (pipeline/data/augment.py `apply` is deterministic), so it is
 exactly the view the teacher saw. K = 0 keeps the teacher online.
@@ -19,8 +20,18 @@ from pipeline.data.augment import PARAMS, Augmenter
 
 
 def default_views(epochs: int) -> int:
-    """distill.teacher_views when unset: a saving only when several epochs reuse each view."""
-    return min(8, epochs // 4)
+    """distill.teacher_views when unset: 0 at 1 epoch, else max(1, min(8, epochs // 4)).
+
+    Cost: each view is one teacher pass per training image, once; the online teacher is one pass per image
+    per epoch. So K views save (epochs - K) teacher passes per image, and pay from 2 epochs on with K = 1 (at
+    1 epoch K = 1 costs what the online teacher does). The teacher's forward is about as expensive as the
+    student's training step on the ResNet-56 -> ResNet-20 case, so with the teacher online the KD step is
+    ~2x the student's: at 3 epochs K = 1 takes 4 instead of 6 step-equivalents per image. More views keep
+    more augmentation diversity; epochs // 4 (at most 8) keeps the precompute to a quarter of the online
+    teacher's cost. Measured in benchmarks/train_throughput.py (docs/ARCHITECTURE.md, "teacher views")."""
+    if epochs < 2:
+        return 0
+    return max(1, min(8, epochs // 4))
 
 
 class TeacherViews:

@@ -24,21 +24,25 @@ def needs_features(terms) -> bool:
     return any(t.name in ("fitnet", "at") for t in terms)
 
 
-def make_kd_loss(student, teacher, terms, x_train, cache_outputs: bool, compute=None, views=None):
+def make_kd_loss(student, teacher, terms, x_train, cache_outputs: bool, compute=None, views=None,
+                 teacher_forward=None):
     """The loss closure for `fit`: student forward, teacher forward (or its cached logits), terms.
 
     The teacher runs under inference_mode (no_grad when a term reads its features: those enter the
-    loss's graph). `views`: TeacherViews whose logits for the batch's chosen views replace the forward."""
+    loss's graph). `views`: TeacherViews whose logits for the batch's chosen views replace the forward.
+    `teacher_forward`: what computes the teacher's logits (default the teacher; pipeline/distill/fast_teacher.py
+    gives a frozen copy for fp32 on the CPU); feature terms always use the teacher's own modules (hooks)."""
     example = torch.from_numpy(x_train[:2])
     if compute is not None:
         example = compute.input(example)
     criterion = build_criterion(terms, student, teacher, example)
     if compute is not None:
         criterion.to(compute.device)
+    t_fwd = teacher if teacher_forward is None or needs_features(terms) else teacher_forward
     cached = None
     if cache_outputs:
         # Only valid when the teacher sees exactly the stored images (no random augmentation).
-        cached = torch.from_numpy(predict(teacher, x_train, compute=compute))
+        cached = torch.from_numpy(predict(t_fwd, x_train, compute=compute))
         check_finite(cached, "the teacher's outputs", 0)
     no_grad = torch.no_grad if needs_features(terms) else torch.inference_mode
     state = {"step": 0}
@@ -51,7 +55,7 @@ def make_kd_loss(student, teacher, terms, x_train, cache_outputs: bool, compute=
             t_out = views.current.to(xb.device)
         else:
             with no_grad():
-                t_out = teacher(xb).float()
+                t_out = t_fwd(xb).float()
             t_out = t_out.clone()  # an inference-mode tensor cannot enter the student's graph
         check_finite(t_out, "the teacher's outputs", state["step"])
         s_out = model(xb).float()
@@ -77,11 +81,14 @@ def term_descriptions(criterion) -> dict[str, str]:
 
 def distill_student(student, teacher, splits, cfg, seed: int, augment: bool, hflip: bool, desc: str = "distill",
                     augmenter=None, compute=None, workers: int = 0, notes: list | None = None,
-                    head_modules: list[str] | None = None, backbone_lr_scale: float = 1.0):
+                    head_modules: list[str] | None = None, backbone_lr_scale: float = 1.0,
+                    info: dict | None = None):
     """KD of `student` from `teacher` on the splits; returns (History, how the teacher's outputs were got:
-    False (online), True (cached, no augmentation) or the number of cached augmented views)."""
+    False (online), True (cached, no augmentation) or the number of cached augmented views). `info`, when
+    given, receives "teacher_forward": "frozen" or "eager (<why>)" (pipeline/distill/fast_teacher.py)."""
     from pipeline.data.augment import Augmenter
     from pipeline.device import resolve
+    from pipeline.distill.fast_teacher import inference_teacher
     from pipeline.distill.views import TeacherViews, default_views
 
     compute = compute or resolve("cpu", "fp32", channels_last=False)
@@ -96,14 +103,20 @@ def distill_student(student, teacher, splits, cfg, seed: int, augment: bool, hfl
     feats = needs_features(cfg.losses)
     cache = cfg.cache_teacher_outputs and augmenter is None and not feats
     k = cfg.teacher_views if cfg.teacher_views is not None else default_views(cfg.epochs)
+    t_fwd, how_fwd = teacher, "eager (a feature loss term taps the teacher's modules)"
+    if not feats:
+        t_fwd, how_fwd = inference_teacher(teacher, compute.input(torch.from_numpy(np.asarray(splits.x_train[:4]))),
+                                           compute)
+    if info is not None:
+        info["teacher_forward"] = how_fwd
     views = None
     if augmenter is not None and k > 0 and not feats:
         from pipeline.train import progress_line
 
-        views = TeacherViews(teacher, splits.x_train, augmenter, k, seed, compute, progress=progress_line(desc))
+        views = TeacherViews(t_fwd, splits.x_train, augmenter, k, seed, compute, progress=progress_line(desc))
     elif augmenter is not None and k > 0 and notes is not None:
         notes.append("distill.teacher_views ignored: a feature loss term (fitnet/at) needs the teacher online")
-    loss_fn, criterion = make_kd_loss(student, teacher, cfg.losses, splits.x_train, cache, compute, views)
+    loss_fn, criterion = make_kd_loss(student, teacher, cfg.losses, splits.x_train, cache, compute, views, t_fwd)
     try:
         hist = fit(student, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=cfg.epochs, lr=cfg.lr,
                    batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay, seed=seed,
@@ -169,10 +182,12 @@ def run_distill(runner: Runner, recipe, data: StageResult, teacher: StageResult)
         check_exportable(student, torch.from_numpy(splits.x_train[:1]), recipe.export.opset, "student", scfg.model)
         t_model = load_model(teacher.dir)
         compute = from_recipe(recipe)
+        info: dict = {}
         hist, cached = distill_student(student, t_model, splits, cfg, recipe.seed, recipe.data.augment,
                                        recipe.data.hflip, augmenter=augmenter_for(recipe.data), compute=compute,
-                                       workers=recipe.data.workers, notes=ctx.notes)
+                                       workers=recipe.data.workers, notes=ctx.notes, info=info)
         ctx.metrics["compute"] = compute.describe()
+        ctx.metrics["teacher_forward"] = info.get("teacher_forward")
         student.eval()
         save_model(student, ctx.dir, scfg.model, scfg.kwargs, c, n)
         describe_student(ctx, student, splits, hist, cached, cfg, scfg, teacher)
