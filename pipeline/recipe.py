@@ -132,8 +132,8 @@ class DistillConfig(TrainConfig):
     cache_teacher_outputs: bool = Field(True, description="compute teacher logits once when inputs are deterministic")
     teacher_views: Optional[int] = Field(None, ge=0, le=64, description="with augmentation: teacher logits cached "
                                          "over this many pre-drawn augmented views per image, one teacher pass per "
-                                         "view instead of one per epoch (0: teacher online; default: 0 at 1 epoch, "
-                                         "else max(1, min(8, epochs // 4)); feature terms keep the teacher online)")
+                                         "view instead of one per epoch (0: teacher online; default: min(8, epochs // 4), "
+                                         "so views from 4 epochs; feature terms keep the teacher online)")
     nproc: int = Field(1, ge=1, le=64, description="processes for DDP distillation under torchrun")
 
 
