@@ -1,0 +1,272 @@
+"""One measurement core: latencies with 95% intervals, and decisions that noise cannot flip.
+
+    from pipeline.measure.core import Settings, measure
+    m = measure({"int8": run_a, "float": run_b}, Settings())
+    m.figures["int8"].median_ms, m.figures["int8"].ci95_ms       # per-call latency and its interval
+    d = m.difference("float", "int8")                             # paired, per-round: float - int8
+    d.verdict                                                      # "slower" | "faster" | "tie"
+
+How it measures (the rules of docs/ARCHITECTURE.md "Measuring"):
+- warm-up: `warmup` untimed calls of every function;
+- calibrated inner loops: each function is called `loops` times per block, `loops` chosen so that one block
+  lasts at least `min_block_s` (a sub-0.1 ms model is timed over many calls, never one perf_counter pair
+  around a few microseconds);
+- interleaved round-robin blocks: every round times one block of every function, the order rotated each
+  round, so a drift of the host (a neighbour starting, frequency scaling) hits all functions alike;
+- the figure of one block is its time per call (block time / loops); the figure of a function is the median
+  of its blocks, with a 95% interval;
+- paired differences: round r gives d_r = block_a[r] - block_b[r]; the difference is the median of the d_r
+  with its 95% interval. "A is faster than B" only when that interval excludes zero; otherwise a tie;
+- it keeps measuring until every figure's relative half-width is <= `rel_half_width` (default 5%) or the time
+  cap `max_time_s` is hit, and says which (`stopped`: "converged" | "time cap"), with the number of blocks and
+  samples, the CV of the blocks and the host's load average; `noisy` when a CV is above CV_NOISY (the bench's
+  acceptance threshold) or the 1-minute load average is above the cores.
+
+The interval: the distribution-free order-statistic interval for the median (the sign test inverted: with n
+blocks, [x_(k), x_(n-k+1)] where k is the largest rank with 2 * P(Binom(n, 1/2) <= k-1) <= 0.05). Why this
+and not a bootstrap or mean +- t*sd: latencies are skewed (a busy neighbour adds a long right tail), the
+median is the figure we report, and this interval assumes nothing about the shape beyond independent blocks;
+it is exact (coverage >= 95% for any n >= 6), deterministic (no resampling seed: the same blocks give the
+same decision every time) and cheap. Its price: it needs at least 6 blocks (MIN_BLOCKS is 9, the first n whose interval drops the extremes), and its width
+moves in steps of one order statistic.
+"""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+CONFIDENCE = 0.95
+# The acceptance figure for stable host numbers (docs/CI.md): a CV above it is a noisy host. pipeline bench
+# uses the same constant (pipeline.commands.bench.CV_TARGET is this one).
+CV_NOISY = 0.05
+MIN_BLOCKS = 9  # the order-statistic 95% interval needs n >= 6 (6..8 give [min, max]); 9 gives [x_(2), x_(8)]
+
+Verdict = Literal["faster", "slower", "tie"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    warmup: int = 5                 # untimed calls of each function before the first block
+    min_block_s: float = 0.01       # a block lasts at least this long (calibrated inner loop)
+    min_blocks: int = MIN_BLOCKS    # blocks of every function before convergence is checked
+    max_blocks: int = 200
+    rel_half_width: float = 0.05    # stop when every figure's half-width / median <= this ...
+    max_time_s: float = 20.0        # ... or when this much time was spent measuring (the time cap)
+    confidence: float = CONFIDENCE
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # pragma: no cover - no load average on this OS
+        return None
+
+
+def order_stat_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, int] | None:
+    """1-based ranks (k, n-k+1) of the distribution-free interval for the median of n values, or None when n
+    is too small for that confidence (n < 6 at 95%)."""
+    from scipy.stats import binom
+
+    alpha = 1.0 - confidence
+    k = 0
+    # largest k with 2 * P(X <= k-1) <= alpha, X ~ Binom(n, 1/2)
+    while k + 1 <= n // 2 and 2.0 * float(binom.cdf(k, n, 0.5)) <= alpha:
+        k += 1
+    return (k, n - k + 1) if k >= 1 else None
+
+
+def median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """Distribution-free interval for the median of `values` (None when there are too few)."""
+    ranks = order_stat_ranks(len(values), confidence)
+    if ranks is None:
+        return None
+    s = sorted(values)
+    return float(s[ranks[0] - 1]), float(s[ranks[1] - 1])
+
+
+def cv(values: Sequence[float]) -> float | None:
+    if len(values) < 2:
+        return None
+    m = statistics.fmean(values)
+    return statistics.stdev(values) / m if m > 0 else None
+
+
+@dataclass
+class Figure:
+    """One function's latency: the median of its blocks (ms per call) and its 95% interval."""
+
+    median_ms: float
+    ci95_ms: tuple[float, float] | None
+    blocks: int
+    samples: int  # calls timed (blocks x loops)
+    cv: float | None
+    loops: int = 1
+    block_ms: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def rel_half_width(self) -> float:
+        if self.ci95_ms is None or self.median_ms <= 0:
+            return math.inf
+        return (self.ci95_ms[1] - self.ci95_ms[0]) / 2.0 / self.median_ms
+
+    def to_json(self) -> dict[str, Any]:
+        return {"median_ms": round(self.median_ms, 6),
+                "ci95_ms": None if self.ci95_ms is None else [round(v, 6) for v in self.ci95_ms],
+                "blocks": self.blocks, "samples": self.samples, "loops": self.loops,
+                "cv": None if self.cv is None else round(self.cv, 4)}
+
+
+@dataclass
+class Difference:
+    """a - b, paired by round: the median of the per-round differences and its 95% interval."""
+
+    a: str
+    b: str
+    median_ms: float
+    ci95_ms: tuple[float, float] | None
+    rounds: int
+
+    @property
+    def verdict(self) -> Verdict:
+        """"slower" (a measurably slower than b), "faster", or "tie" (the interval holds zero, or too few rounds)."""
+        if self.ci95_ms is None:
+            return "tie"
+        lo, hi = self.ci95_ms
+        if lo > 0:
+            return "slower"
+        if hi < 0:
+            return "faster"
+        return "tie"
+
+    @property
+    def cost_ms(self) -> float:
+        """The cost of a over b in a decision: the median difference when it is measurably positive, else 0
+        ("no measurable difference"; a measurable gain is also 0 here: a cost is never negative)."""
+        return max(0.0, self.median_ms) if self.verdict == "slower" else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "median_ms": round(self.median_ms, 6),
+                "ci95_ms": None if self.ci95_ms is None else [round(v, 6) for v in self.ci95_ms],
+                "rounds": self.rounds, "verdict": self.verdict}
+
+
+def difference_of(a: str, b: str, blocks_a: Sequence[float], blocks_b: Sequence[float],
+                  confidence: float = CONFIDENCE) -> Difference:
+    d = [x - y for x, y in zip(blocks_a, blocks_b)]
+    return Difference(a, b, statistics.median(d) if d else 0.0, median_ci(d, confidence), len(d))
+
+
+@dataclass
+class Measurement:
+    figures: dict[str, Figure]
+    stopped: str                     # "converged" | "time cap" | "max blocks"
+    seconds: float
+    load1: float | None
+    cores: int
+    noisy: bool
+    noisy_reason: str | None
+    rel_half_width: float
+    confidence: float = CONFIDENCE
+
+    def difference(self, a: str, b: str) -> Difference:
+        return difference_of(a, b, self.figures[a].block_ms, self.figures[b].block_ms, self.confidence)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"figures": {k: f.to_json() for k, f in self.figures.items()}, "stopped": self.stopped,
+                "seconds": round(self.seconds, 2), "load1": self.load1, "cores": self.cores, "noisy": self.noisy,
+                "noisy_reason": self.noisy_reason, "rel_half_width_target": self.rel_half_width,
+                "method": "median of interleaved blocks; distribution-free order-statistic 95% interval"}
+
+
+def host_noise(cvs: Sequence[float | None], load1: float | None, n_cores: int) -> tuple[bool, str | None]:
+    """(noisy, reason): a CV above CV_NOISY, or the 1-minute load average above the cores."""
+    reasons = []
+    worst = max((c for c in cvs if c is not None), default=None)
+    if worst is not None and worst > CV_NOISY:
+        reasons.append(f"block CV {worst:.1%} > {CV_NOISY:.0%}")
+    if load1 is not None and load1 > n_cores:
+        reasons.append(f"load average {load1:.2f} > {n_cores} cores")
+    return bool(reasons), "; ".join(reasons) or None
+
+
+def from_blocks(blocks: Mapping[str, Sequence[float]], stopped: str = "given", seconds: float = 0.0,
+                settings: Settings = Settings(), loops: Mapping[str, int] | None = None) -> Measurement:
+    """A Measurement from per-round block figures (ms per call): what measure() builds, and what tests feed."""
+    figs = {}
+    for k, b in blocks.items():
+        n_loops = (loops or {}).get(k, 1)
+        figs[k] = Figure(statistics.median(b), median_ci(b, settings.confidence), len(b), len(b) * n_loops, cv(b),
+                         n_loops, list(b))
+    load1, n = load_average(), cores()
+    noisy, why = host_noise([f.cv for f in figs.values()], load1, n)
+    return Measurement(figs, stopped, seconds, load1, n, noisy, why, settings.rel_half_width, settings.confidence)
+
+
+def _calibrate(fn: Callable[[], object], min_block_s: float) -> int:
+    """Inner-loop count so one block lasts >= min_block_s (doubling from 1, then scaled)."""
+    loops = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        dt = time.perf_counter() - t0
+        if dt >= min_block_s or loops >= 1 << 20:
+            return loops
+        loops = loops * 2 if dt <= 0 else max(loops * 2, min(loops * 10, int(loops * min_block_s / dt * 1.2) + 1))
+
+
+def measure(fns: Mapping[str, Callable[[], object]], settings: Settings = Settings(),
+            converged: Callable[[Measurement], bool] | None = None) -> Measurement:
+    """Time every function in interleaved round-robin blocks until every figure's relative half-width is
+    within settings.rel_half_width (or `converged(m)` says so, when given) or the time cap is hit."""
+    names = list(fns)
+    for k in names:
+        for _ in range(settings.warmup):
+            fns[k]()
+    loops = {k: _calibrate(fns[k], settings.min_block_s) for k in names}
+    blocks: dict[str, list[float]] = {k: [] for k in names}
+    start = time.perf_counter()
+    stopped = "max blocks"
+    r = 0
+    while r < settings.max_blocks:
+        order = names[r % len(names):] + names[:r % len(names)]
+        if r % 2:
+            order = order[::-1]
+        for k in order:
+            fn, n = fns[k], loops[k]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            blocks[k].append((time.perf_counter() - t0) * 1e3 / n)
+        r += 1
+        if r >= settings.min_blocks:
+            m = from_blocks(blocks, "", time.perf_counter() - start, settings, loops)
+            ok = converged(m) if converged is not None else all(
+                f.rel_half_width <= settings.rel_half_width for f in m.figures.values())
+            if ok:
+                stopped = "converged"
+                break
+            if time.perf_counter() - start >= settings.max_time_s:
+                stopped = "time cap"
+                break
+    return from_blocks(blocks, stopped, time.perf_counter() - start, settings, loops)
+
+
+def fmt_ci(median: float | None, ci: Sequence[float] | None, digits: int = 4) -> str:
+    """`0.1234 [0.1200, 0.1290]` (ms) for logs and tables."""
+    if median is None:
+        return "—"
+    if ci is None:
+        return f"{median:.{digits}f}"
+    return f"{median:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"

@@ -1,0 +1,105 @@
+"""The measurement core (pipeline/measure/core.py): the order-statistic interval, paired differences and their
+verdicts, the noisy flag, and a real interleaved measurement. No speed target here (benchmarks/decision_flips.py
+prints those figures); every assertion is about what the core decides or reports."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.measure import core
+from pipeline.measure.core import Settings, difference_of, from_blocks, measure, median_ci, order_stat_ranks
+
+
+def test_order_statistic_ranks_match_the_binomial():
+    from scipy.stats import binom
+
+    assert order_stat_ranks(5) is None  # 2 / 32 > 0.05: no 95% interval from 5 values
+    assert order_stat_ranks(6) == (1, 6)
+    assert order_stat_ranks(9) == (2, 8)
+    for n in range(6, 60):
+        k, hi = order_stat_ranks(n)
+        assert hi == n - k + 1
+        assert 2 * binom.cdf(k - 1, n, 0.5) <= 0.05 < 2 * binom.cdf(k, n, 0.5)  # the largest valid rank
+
+
+def test_median_interval_covers_the_true_median_of_a_skewed_distribution():
+    # Lognormal (right-skewed, like latencies): the interval must cover the true median ~95% of the time.
+    rng = np.random.default_rng(1)
+    true_median = 1.0
+    hits = 0
+    for _ in range(2000):
+        lo, hi = median_ci(list(rng.lognormal(0.0, 0.8, size=15)))
+        hits += lo <= true_median <= hi
+    assert 0.94 <= hits / 2000 <= 0.995
+
+
+def test_paired_difference_verdicts():
+    rng = np.random.default_rng(0)
+    drift = np.linspace(1.0, 3.0, 20)  # a host getting slower: hits both alike, the pairing removes it
+    a = list(drift + 0.10 + rng.normal(0, 0.005, 20))
+    b = list(drift + rng.normal(0, 0.005, 20))
+    d = difference_of("a", "b", a, b)
+    assert d.verdict == "slower" and d.ci95_ms[0] > 0 and d.cost_ms == pytest.approx(0.10, abs=0.01)
+    assert difference_of("b", "a", b, a).verdict == "faster"
+    assert difference_of("b", "a", b, a).cost_ms == 0.0  # never a negative cost
+    same = difference_of("a", "c", a, list(np.array(a) + rng.normal(0, 0.01, 20)))
+    assert same.verdict == "tie" and same.cost_ms == 0.0
+    assert difference_of("a", "b", a[:4], b[:4]).verdict == "tie"  # too few rounds for any interval: no claim
+
+
+def test_noisy_flag_from_cv_and_load(monkeypatch):
+    assert core.host_noise([0.01], 0.5, 2) == (False, None)
+    noisy, why = core.host_noise([0.2], 0.5, 2)
+    assert noisy and "CV" in why
+    noisy, why = core.host_noise([0.01], 3.5, 2)
+    assert noisy and "load average 3.50 > 2 cores" in why
+    monkeypatch.setattr(core, "load_average", lambda: 9.0)
+    m = from_blocks({"x": [1.0] * 10})
+    assert m.noisy and m.load1 == 9.0
+
+
+def test_bench_uses_the_same_noisy_threshold():
+    from pipeline.commands.bench import CV_TARGET
+
+    assert CV_TARGET == core.CV_NOISY
+
+
+def test_measure_calibrates_interleaves_and_stops():
+    calls: list[str] = []
+
+    def fast():
+        calls.append("f")
+
+    def slow():
+        calls.append("s")
+        t_end = time.perf_counter() + 0.0002
+        while time.perf_counter() < t_end:
+            pass
+
+    m = measure({"fast": fast, "slow": slow}, Settings(min_block_s=0.002, max_time_s=3.0, warmup=2))
+    assert m.stopped in ("converged", "time cap", "max blocks")
+    f, s = m.figures["fast"], m.figures["slow"]
+    assert f.blocks == s.blocks >= core.MIN_BLOCKS  # round-robin: every function one block per round
+    assert f.loops > s.loops >= 1 and f.samples == f.blocks * f.loops  # calibrated inner loops
+    assert s.median_ms >= 0.2 * 0.9 and s.ci95_ms[0] <= s.median_ms <= s.ci95_ms[1]
+    assert m.difference("slow", "fast").verdict == "slower"
+    # interleaved: both functions appear in the timed part in alternation, not one after the other
+    timed = calls[2 * 2:]
+    first_slow = timed.index("s")
+    assert "f" in timed[first_slow:]
+    doc = m.to_json()
+    assert doc["figures"]["slow"]["ci95_ms"] and doc["stopped"] == m.stopped and "load1" in doc
+
+
+def test_measure_reports_the_time_cap():
+    rng = np.random.default_rng(3)
+
+    def jittery():
+        t_end = time.perf_counter() + float(rng.uniform(0, 0.002))
+        while time.perf_counter() < t_end:
+            pass
+
+    m = measure({"j": jittery}, Settings(min_block_s=0.0, rel_half_width=0.0001, max_time_s=0.3, warmup=0))
+    assert m.stopped == "time cap" and m.figures["j"].blocks >= core.MIN_BLOCKS
