@@ -11,7 +11,7 @@ def row_cell(r: dict, variant: str) -> str:
     zero: no number), or — (the variant has no op in this row)."""
     if (r.get("below_resolution") or {}).get(variant):
         ci = (r.get("ci95_ms") or {}).get(variant)
-        return "below resolution" + (f" (< {ci[1]:.4f})" if ci else "")
+        return "below resolution" + (f" (< {ci[1]:.4f})" if ci and ci[1] >= 0.00005 else "")
     v = r.get(f"{variant}_ms")
     ci = (r.get("ci95_ms") or {}).get(variant)
     if v is None:
@@ -38,8 +38,9 @@ def noise_lines(doc: dict) -> list[str]:
                    f"<= {doc.get('rel_half_width_target', 0.05):.0%} of the end-to-end figure)"
                    + ("; repeated more for a noisy host" if doc.get("repeats_extended_for_noise") else ""))
     if doc.get("noisy"):
-        out.append(f"noisy host: {doc.get('noisy_reason')} (load average {doc.get('load1')}, {doc.get('cores')} "
-                   "cores); rerun on a quiet host for tighter figures")
+        why = str(doc.get("noisy_reason"))
+        load = "" if "load average" in why else f" (load average {doc.get('load1')}, {doc.get('cores')} cores)"
+        out.append(f"noisy host: {why}{load}; rerun on a quiet host for tighter figures")
     elif "noisy" in doc:
         out.append(f"host quiet enough (load average {doc.get('load1')}, {doc.get('cores')} cores)")
     return out
