@@ -103,3 +103,23 @@ def test_measure_reports_the_time_cap():
 
     m = measure({"j": jittery}, Settings(min_block_s=0.0, rel_half_width=0.0001, max_time_s=0.3, warmup=0))
     assert m.stopped == "time cap" and m.figures["j"].blocks >= core.MIN_BLOCKS
+
+
+def test_in_process_latency_goes_through_the_core(tmp_path):
+    import torch
+
+    from pipeline.measure.in_process import measure_ort_latency
+
+    small = torch.nn.Conv2d(8, 4, 3)
+    big = torch.nn.Sequential(torch.nn.Conv2d(8, 64, 3, padding=1), torch.nn.Conv2d(64, 64, 3, padding=1))
+    for name, mod in (("small", small), ("big", big)):
+        torch.onnx.export(mod, (torch.zeros(1, 8, 16, 16),), str(tmp_path / f"{name}.onnx"), dynamo=False)
+    lat = measure_ort_latency({"small": tmp_path / "small.onnx", "big": tmp_path / "big.onnx"},
+                              np.zeros((1, 8, 16, 16), np.float32), (1,), threads=1, repeats=3, warmup=3,
+                              min_iters=20, min_time_s=0.05, max_time_s=5.0)
+    s, b = lat["small"]["batch1"], lat["big"]["batch1"]
+    assert b["p50_ms"] > s["p50_ms"] > 0
+    for e in (s, b):
+        assert e["ci95_ms"][0] <= e["p50_ms"] <= e["ci95_ms"][1] and e["samples"] >= 20
+        assert e["blocks"] >= core.MIN_BLOCKS and e["stopped"] in ("converged", "time cap", "max blocks")
+    assert s["blocks"] == b["blocks"]  # one block of each per round
