@@ -79,7 +79,7 @@ class Trial:
 
 
 # Settings of the mixed-precision measurements: 5% relative half-width or 30 s for all the models together.
-LATENCY_SETTINGS = Settings(warmup=5, min_block_s=0.01, rel_half_width=0.05, max_time_s=30.0)
+LATENCY_SETTINGS = Settings(warmup=5, rel_half_width=0.05, max_time_s=30.0)
 
 
 def measure_models(models: dict[str, Path], example: np.ndarray, threads: int | None,

@@ -123,3 +123,22 @@ def test_in_process_latency_goes_through_the_core(tmp_path):
         assert e["ci95_ms"][0] <= e["p50_ms"] <= e["ci95_ms"][1] and e["samples"] >= 20
         assert e["blocks"] >= core.MIN_BLOCKS and e["stopped"] in ("converged", "time cap", "max blocks")
     assert s["blocks"] == b["blocks"]  # one block of each per round
+
+
+def test_preempted_blocks_are_left_out():
+    assert core.preempted(0.002, 0.0005) and not core.preempted(0.002, 0.0019)
+    assert not core.preempted(0.002, 0.004)  # worker threads: more CPU than wall, never marked
+    # 12 rounds: "a" is 1.0 ms in its own blocks, 3.0 in the 4 preempted ones; "b" 1.0 throughout
+    a = [1.0, 3.0, 1.0, 1.0, 3.0, 1.0, 1.0, 3.0, 1.0, 1.0, 3.0, 1.0]
+    keep = [x == 1.0 for x in a]
+    m = from_blocks({"a": a, "b": [1.0] * 12}, kept={"a": keep, "b": [True] * 12})
+    assert m.figures["a"].median_ms == 1.0 and m.figures["a"].preempted == 4
+    assert m.difference("a", "b").verdict == "tie" and m.difference("a", "b").rounds == 8
+    # without the marks the preempted blocks are in the figure
+    assert from_blocks({"a": a}).figures["a"].ci95_ms[1] == 3.0
+    # mostly preempted: the host is noisy, whatever the CV says
+    m = from_blocks({"a": [1.0] * 12}, kept={"a": [i < 6 for i in range(12)]})
+    assert m.noisy and "preempted" in m.noisy_reason and m.figures["a"].clean
+    # too few unpreempted blocks for an interval: all blocks count, and the figure is not clean (no convergence)
+    m = from_blocks({"a": [1.0] * 12}, kept={"a": [i < 3 for i in range(12)]})
+    assert not m.figures["a"].clean and m.figures["a"].blocks == 12

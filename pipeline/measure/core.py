@@ -9,8 +9,11 @@
 How it measures (the rules of docs/ARCHITECTURE.md "Measuring"):
 - warm-up: `warmup` untimed calls of every function;
 - calibrated inner loops: each function is called `loops` times per block, `loops` chosen so that one block
-  lasts at least `min_block_s` (a sub-0.1 ms model is timed over many calls, never one perf_counter pair
-  around a few microseconds);
+  lasts at least `min_block_s` (2 ms: a sub-0.1 ms model is timed over many calls, never one perf_counter pair
+  around a few microseconds; yet short against the scheduler's slice, so most blocks run unpreempted);
+- preempted blocks: each block's wall time is compared with this process's CPU time over it; a block that
+  spent more than 20% of its time off the CPU (a neighbour had it) is left out of figures and paired
+  differences while 6 or more blocks remain, and counted (`preempted_blocks`; over 25% is a noisy host);
 - interleaved round-robin blocks: every round times one block of every function, the order rotated each
   round, so a drift of the host (a neighbour starting, frequency scaling) hits all functions alike;
 - the figure of one block is its time per call (block time / loops); the figure of a function is the median
@@ -32,6 +35,7 @@ moves in steps of one order statistic.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import statistics
@@ -43,6 +47,13 @@ CONFIDENCE = 0.95
 # The acceptance figure for stable host numbers (docs/CI.md): a CV above it is a noisy host. pipeline bench
 # uses the same constant (pipeline.commands.bench.CV_TARGET is this one).
 CV_NOISY = 0.05
+# A block is preempted when more than 20% of its wall time (and >= 0.2 ms) was not this process's CPU time:
+# on a loaded host the scheduler takes the CPU away in slices of a few ms, which adds whole slices to a block
+# (measured here at load 6.5 on 2 cores: blocks of one model at 0.04, 0.10 and 0.17 ms per call). Such blocks
+# are left out of figures and paired differences while enough remain; more than 25% preempted is a noisy host.
+PREEMPT_FRACTION = 0.2
+PREEMPT_MIN_S = 0.0002
+PREEMPTED_NOISY = 0.25
 MIN_BLOCKS = 9  # the order-statistic 95% interval needs n >= 6 (6..8 give [min, max]); 9 gives [x_(2), x_(8)]
 
 Verdict = Literal["faster", "slower", "tie"]
@@ -51,7 +62,9 @@ Verdict = Literal["faster", "slower", "tie"]
 @dataclass(frozen=True)
 class Settings:
     warmup: int = 5                 # untimed calls of each function before the first block
-    min_block_s: float = 0.01       # a block lasts at least this long (calibrated inner loop)
+    # a block lasts at least this long (calibrated inner loop): short against the scheduler's slice (a few ms),
+    # so most blocks run unpreempted even on a loaded host, long against perf_counter's cost (~0.1 us)
+    min_block_s: float = 0.002
     min_blocks: int = MIN_BLOCKS    # blocks of every function before convergence is checked
     max_blocks: int = 200
     rel_half_width: float = 0.05    # stop when every figure's half-width / median <= this ...
@@ -73,6 +86,7 @@ def load_average() -> float | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def order_stat_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, int] | None:
     """1-based ranks (k, n-k+1) of the distribution-free interval for the median of n values, or None when n
     is too small for that confidence (n < 6 at 95%)."""
@@ -112,7 +126,11 @@ class Figure:
     samples: int  # calls timed (blocks x loops)
     cv: float | None
     loops: int = 1
-    block_ms: list[float] = field(default_factory=list, repr=False)
+    block_ms: list[float] = field(default_factory=list, repr=False)  # every round's block, in round order
+    kept: list[bool] = field(default_factory=list, repr=False)       # False: the host preempted that block
+    preempted: int = 0
+    # False when too few unpreempted blocks were left and the figure holds preempted ones: never "converged"
+    clean: bool = True
 
     @property
     def rel_half_width(self) -> float:
@@ -123,7 +141,8 @@ class Figure:
     def to_json(self) -> dict[str, Any]:
         return {"median_ms": round(self.median_ms, 6),
                 "ci95_ms": None if self.ci95_ms is None else [round(v, 6) for v in self.ci95_ms],
-                "blocks": self.blocks, "samples": self.samples, "loops": self.loops,
+                "blocks": self.blocks, "samples": self.samples, "loops": self.loops, "preempted_blocks": self.preempted,
+                "clean": self.clean,
                 "cv": None if self.cv is None else round(self.cv, 4)}
 
 
@@ -162,8 +181,14 @@ class Difference:
 
 
 def difference_of(a: str, b: str, blocks_a: Sequence[float], blocks_b: Sequence[float],
-                  confidence: float = CONFIDENCE) -> Difference:
+                  confidence: float = CONFIDENCE, keep: Sequence[bool] | None = None) -> Difference:
+    """Per-round differences a - b; `keep` (per round) leaves out rounds where either block was preempted when
+    enough rounds remain for an interval."""
     d = [x - y for x, y in zip(blocks_a, blocks_b)]
+    if keep is not None:
+        kept = [x for x, k in zip(d, keep) if k]
+        if order_stat_ranks(len(kept), confidence) is not None:
+            d = kept
     return Difference(a, b, statistics.median(d) if d else 0.0, median_ci(d, confidence), len(d))
 
 
@@ -180,7 +205,9 @@ class Measurement:
     confidence: float = CONFIDENCE
 
     def difference(self, a: str, b: str) -> Difference:
-        return difference_of(a, b, self.figures[a].block_ms, self.figures[b].block_ms, self.confidence)
+        fa, fb = self.figures[a], self.figures[b]
+        keep = [x and y for x, y in zip(fa.kept, fb.kept)] if fa.kept and fb.kept else None
+        return difference_of(a, b, fa.block_ms, fb.block_ms, self.confidence, keep)
 
     def to_json(self) -> dict[str, Any]:
         return {"figures": {k: f.to_json() for k, f in self.figures.items()}, "stopped": self.stopped,
@@ -201,29 +228,54 @@ def host_noise(cvs: Sequence[float | None], load1: float | None, n_cores: int) -
 
 
 def from_blocks(blocks: Mapping[str, Sequence[float]], stopped: str = "given", seconds: float = 0.0,
-                settings: Settings = Settings(), loops: Mapping[str, int] | None = None) -> Measurement:
-    """A Measurement from per-round block figures (ms per call): what measure() builds, and what tests feed."""
+                settings: Settings = Settings(), loops: Mapping[str, int] | None = None,
+                kept: Mapping[str, Sequence[bool]] | None = None) -> Measurement:
+    """A Measurement from per-round block figures (ms per call): what measure() builds, and what tests feed.
+    `kept[k][r]` False marks a preempted block: left out of the figure while enough blocks remain for an
+    interval (6); every block counts otherwise."""
     figs = {}
     for k, b in blocks.items():
         n_loops = (loops or {}).get(k, 1)
-        figs[k] = Figure(statistics.median(b), median_ci(b, settings.confidence), len(b), len(b) * n_loops, cv(b),
-                         n_loops, list(b))
+        keep = list((kept or {}).get(k) or [True] * len(b))
+        use = [x for x, ok in zip(b, keep) if ok]
+        clean = True
+        if order_stat_ranks(len(use), settings.confidence) is None:
+            use, clean = list(b), keep.count(False) == 0
+        figs[k] = Figure(statistics.median(use), median_ci(use, settings.confidence), len(b), len(b) * n_loops,
+                         cv(use), n_loops, list(b), keep, keep.count(False), clean)
     load1, n = load_average(), cores()
     noisy, why = host_noise([f.cv for f in figs.values()], load1, n)
+    n_pre = sum(f.preempted for f in figs.values())
+    n_all = sum(f.blocks for f in figs.values())
+    if n_all and n_pre / n_all > PREEMPTED_NOISY:
+        noisy, why = True, "; ".join(filter(None, [why, f"{n_pre} of {n_all} blocks preempted by other processes"]))
     return Measurement(figs, stopped, seconds, load1, n, noisy, why, settings.rel_half_width, settings.confidence)
 
 
 def _calibrate(fn: Callable[[], object], min_block_s: float) -> int:
-    """Inner-loop count so one block lasts >= min_block_s (doubling from 1, then scaled)."""
+    """Inner-loop count so one block lasts >= min_block_s, sized on the fastest of 3 tries at each step (a try
+    the host preempted would make the loop too short for the model's own time)."""
     loops = 1
     while True:
-        t0 = time.perf_counter()
-        for _ in range(loops):
-            fn()
-        dt = time.perf_counter() - t0
+        dt = min(_timed(fn, loops)[0] for _ in range(3))
         if dt >= min_block_s or loops >= 1 << 20:
             return loops
         loops = loops * 2 if dt <= 0 else max(loops * 2, min(loops * 10, int(loops * min_block_s / dt * 1.2) + 1))
+
+
+def _timed(fn: Callable[[], object], loops: int) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of `loops` calls."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(loops):
+        fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def preempted(wall_s: float, cpu_s: float) -> bool:
+    """A block the host took the CPU away from: more than PREEMPT_FRACTION of its wall time (and at least
+    PREEMPT_MIN_S) not spent on this process's CPU. A runtime with worker threads uses more CPU than wall
+    time, so its blocks are never marked (their figures are plain wall time)."""
+    return wall_s - cpu_s > max(PREEMPT_FRACTION * wall_s, PREEMPT_MIN_S)
 
 
 def measure(fns: Mapping[str, Callable[[], object]], settings: Settings = Settings(),
@@ -236,31 +288,33 @@ def measure(fns: Mapping[str, Callable[[], object]], settings: Settings = Settin
             fns[k]()
     loops = {k: _calibrate(fns[k], settings.min_block_s) for k in names}
     blocks: dict[str, list[float]] = {k: [] for k in names}
+    kept: dict[str, list[bool]] = {k: [] for k in names}
     start = time.perf_counter()
     stopped = "max blocks"
     r = 0
     while r < settings.max_blocks:
-        order = names[r % len(names):] + names[:r % len(names)]
+        # rotated every two rounds and reversed every other round: each function takes every position in turn
+        # (with two functions: ab, ba, ba, ab, ...), so a position effect does not favour one of them
+        rot = (r // 2) % len(names)
+        order = names[rot:] + names[:rot]
         if r % 2:
             order = order[::-1]
         for k in order:
-            fn, n = fns[k], loops[k]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            blocks[k].append((time.perf_counter() - t0) * 1e3 / n)
+            wall, cpu = _timed(fns[k], loops[k])
+            blocks[k].append(wall * 1e3 / loops[k])
+            kept[k].append(not preempted(wall, cpu))
         r += 1
         if r >= settings.min_blocks:
-            m = from_blocks(blocks, "", time.perf_counter() - start, settings, loops)
-            ok = converged(m) if converged is not None else all(
-                f.rel_half_width <= settings.rel_half_width for f in m.figures.values())
+            m = from_blocks(blocks, "", time.perf_counter() - start, settings, loops, kept)
+            ok = all(f.clean for f in m.figures.values()) and (converged(m) if converged is not None else all(
+                f.rel_half_width <= settings.rel_half_width for f in m.figures.values()))
             if ok:
                 stopped = "converged"
                 break
             if time.perf_counter() - start >= settings.max_time_s:
                 stopped = "time cap"
                 break
-    return from_blocks(blocks, stopped, time.perf_counter() - start, settings, loops)
+    return from_blocks(blocks, stopped, time.perf_counter() - start, settings, loops, kept)
 
 
 def fmt_ci(median: float | None, ci: Sequence[float] | None, digits: int = 4) -> str:
