@@ -142,3 +142,13 @@ def test_preempted_blocks_are_left_out():
     # too few unpreempted blocks for an interval: all blocks count, and the figure is not clean (no convergence)
     m = from_blocks({"a": [1.0] * 12}, kept={"a": [i < 3 for i in range(12)]})
     assert not m.figures["a"].clean and m.figures["a"].blocks == 12
+
+
+def test_too_few_clean_rounds_fall_back_to_an_unpaired_interval():
+    # every other round preempted for "a", the others for "b": no round where both are clean
+    a = [1.0 if i % 2 else 4.0 for i in range(14)]
+    b = [2.0 if i % 2 == 0 else 5.0 for i in range(14)]
+    m = from_blocks({"a": a, "b": b}, kept={"a": [i % 2 == 1 for i in range(14)], "b": [i % 2 == 0 for i in range(14)]})
+    d = m.difference("a", "b")
+    assert d.method == "unpaired" and d.median_ms == -1.0 and d.verdict == "faster"  # 1.0 vs 2.0, clean blocks
+    assert d.ci95_ms == (-1.0, -1.0)

@@ -19,7 +19,9 @@ How it measures (the rules of docs/ARCHITECTURE.md "Measuring"):
 - the figure of one block is its time per call (block time / loops); the figure of a function is the median
   of its blocks, with a 95% interval;
 - paired differences: round r gives d_r = block_a[r] - block_b[r]; the difference is the median of the d_r
-  with its 95% interval. "A is faster than B" only when that interval excludes zero; otherwise a tie;
+  with its 95% interval (over the rounds where neither block was preempted; with fewer than 6 of those, an
+  unpaired, conservative interval from the two figures' 97.5% intervals). "A is faster than B" only when that
+  interval excludes zero; otherwise a tie;
 - it keeps measuring until every figure's relative half-width is <= `rel_half_width` (default 5%) or the time
   cap `max_time_s` is hit, and says which (`stopped`: "converged" | "time cap"), with the number of blocks and
   samples, the CV of the blocks and the host's load average; `noisy` when a CV is above CV_NOISY (the bench's
@@ -155,6 +157,7 @@ class Difference:
     median_ms: float
     ci95_ms: tuple[float, float] | None
     rounds: int
+    method: str = "paired"  # paired | unpaired (too few rounds where neither block was preempted)
 
     @property
     def verdict(self) -> Verdict:
@@ -177,7 +180,7 @@ class Difference:
     def to_json(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b, "median_ms": round(self.median_ms, 6),
                 "ci95_ms": None if self.ci95_ms is None else [round(v, 6) for v in self.ci95_ms],
-                "rounds": self.rounds, "verdict": self.verdict}
+                "rounds": self.rounds, "method": self.method, "verdict": self.verdict}
 
 
 def difference_of(a: str, b: str, blocks_a: Sequence[float], blocks_b: Sequence[float],
@@ -205,9 +208,24 @@ class Measurement:
     confidence: float = CONFIDENCE
 
     def difference(self, a: str, b: str) -> Difference:
+        """a - b: paired per round over the rounds where neither block was preempted; when fewer than 6 such
+        rounds remain but there were preempted ones, unpaired: the difference of the two figures with the
+        interval [lo_a - hi_b, hi_a - lo_b] from each figure's (1 + confidence) / 2 interval (97.5% each, so
+        the difference's interval holds at >= 95% by Bonferroni), which is conservative."""
         fa, fb = self.figures[a], self.figures[b]
         keep = [x and y for x, y in zip(fa.kept, fb.kept)] if fa.kept and fb.kept else None
-        return difference_of(a, b, fa.block_ms, fb.block_ms, self.confidence, keep)
+        if keep is None or all(keep) or order_stat_ranks(sum(keep), self.confidence) is not None:
+            return difference_of(a, b, fa.block_ms, fb.block_ms, self.confidence, keep)
+        level = (1.0 + self.confidence) / 2.0
+
+        def usable(f: Figure) -> list[float]:
+            kept = [x for x, ok in zip(f.block_ms, f.kept) if ok]
+            return kept if order_stat_ranks(len(kept), level) is not None else list(f.block_ms)
+
+        ua, ub = usable(fa), usable(fb)
+        ca, cb = median_ci(ua, level), median_ci(ub, level)
+        ci = None if ca is None or cb is None else (ca[0] - cb[1], ca[1] - cb[0])
+        return Difference(a, b, statistics.median(ua) - statistics.median(ub), ci, min(len(ua), len(ub)), "unpaired")
 
     def to_json(self) -> dict[str, Any]:
         return {"figures": {k: f.to_json() for k, f in self.figures.items()}, "stopped": self.stopped,
