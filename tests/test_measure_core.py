@@ -152,3 +152,15 @@ def test_too_few_clean_rounds_fall_back_to_an_unpaired_interval():
     d = m.difference("a", "b")
     assert d.method == "unpaired" and d.median_ms == -1.0 and d.verdict == "faster"  # 1.0 vs 2.0, clean blocks
     assert d.ci95_ms == (-1.0, -1.0)
+
+
+def test_a_paired_artifact_alone_is_not_a_difference():
+    # identical figures, but one block position inflated in every kept round: the paired interval alone would
+    # say "slower"; the figures' own intervals overlap, so the verdict is a tie
+    a = [1.0] * 3 + [1.5] * 12
+    b = [1.0] * 15
+    rounds_d = difference_of("a", "b", a, b)
+    assert rounds_d.verdict == "slower"  # paired only
+    m = from_blocks({"a": a, "b": b})
+    d = m.difference("a", "b")
+    assert d.ci95_ms[0] > 0 and d.check_ci95_ms[0] <= 0 and d.verdict == "tie"

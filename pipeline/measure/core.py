@@ -21,7 +21,8 @@ How it measures (the rules of docs/ARCHITECTURE.md "Measuring"):
 - paired differences: round r gives d_r = block_a[r] - block_b[r]; the difference is the median of the d_r
   with its 95% interval (over the rounds where neither block was preempted; with fewer than 6 of those, an
   unpaired, conservative interval from the two figures' 97.5% intervals). "A is faster than B" only when that
-  interval excludes zero; otherwise a tie;
+  interval excludes zero, and the unpaired interval agrees (it guards against a pairing artifact: a scheduler
+  slice landing on the same position of many rounds); otherwise a tie;
 - it keeps measuring until every figure's relative half-width is <= `rel_half_width` (default 5%) or the time
   cap `max_time_s` is hit, and says which (`stopped`: "converged" | "time cap"), with the number of blocks and
   samples, the CV of the blocks and the host's load average; `noisy` when a CV is above CV_NOISY (the bench's
@@ -158,18 +159,30 @@ class Difference:
     ci95_ms: tuple[float, float] | None
     rounds: int
     method: str = "paired"  # paired | unpaired (too few rounds where neither block was preempted)
+    # The conservative unpaired interval from the two figures' 97.5% intervals, when the difference came from a
+    # Measurement: a verdict needs it to agree with the paired one (see verdict).
+    check_ci95_ms: tuple[float, float] | None = None
+
+    @staticmethod
+    def _side(ci: tuple[float, float] | None) -> Verdict:
+        if ci is None:
+            return "tie"
+        if ci[0] > 0:
+            return "slower"
+        if ci[1] < 0:
+            return "faster"
+        return "tie"
 
     @property
     def verdict(self) -> Verdict:
-        """"slower" (a measurably slower than b), "faster", or "tie" (the interval holds zero, or too few rounds)."""
-        if self.ci95_ms is None:
+        """"slower" (a measurably slower than b), "faster", or "tie" (the interval holds zero, or too few rounds).
+        With a check interval both must exclude zero on the same side: the pairing removes drift, but on this
+        2-core host a scheduler slice that lands on the same position of many rounds made two identical models
+        read 0.066 ms apart by the paired interval alone while their own intervals overlapped."""
+        v = self._side(self.ci95_ms)
+        if self.check_ci95_ms is not None and self._side(self.check_ci95_ms) != v:
             return "tie"
-        lo, hi = self.ci95_ms
-        if lo > 0:
-            return "slower"
-        if hi < 0:
-            return "faster"
-        return "tie"
+        return v
 
     @property
     def cost_ms(self) -> float:
@@ -180,7 +193,8 @@ class Difference:
     def to_json(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b, "median_ms": round(self.median_ms, 6),
                 "ci95_ms": None if self.ci95_ms is None else [round(v, 6) for v in self.ci95_ms],
-                "rounds": self.rounds, "method": self.method, "verdict": self.verdict}
+                "rounds": self.rounds, "method": self.method, "verdict": self.verdict,
+                "check_ci95_ms": None if self.check_ci95_ms is None else [round(v, 6) for v in self.check_ci95_ms]}
 
 
 def difference_of(a: str, b: str, blocks_a: Sequence[float], blocks_b: Sequence[float],
@@ -214,12 +228,19 @@ class Measurement:
         the difference's interval holds at >= 95% by Bonferroni), which is conservative."""
         fa, fb = self.figures[a], self.figures[b]
         keep = [x and y for x, y in zip(fa.kept, fb.kept)] if fa.kept and fb.kept else None
+        unpaired = self._unpaired(a, b)
         if keep is None or all(keep) or order_stat_ranks(sum(keep), self.confidence) is not None:
-            return difference_of(a, b, fa.block_ms, fb.block_ms, self.confidence, keep)
+            d = difference_of(a, b, fa.block_ms, fb.block_ms, self.confidence, keep)
+            d.check_ci95_ms = unpaired.ci95_ms
+            return d
+        return unpaired
+
+    def _unpaired(self, a: str, b: str) -> Difference:
+        fa, fb = self.figures[a], self.figures[b]
         level = (1.0 + self.confidence) / 2.0
 
         def usable(f: Figure) -> list[float]:
-            kept = [x for x, ok in zip(f.block_ms, f.kept) if ok]
+            kept = [x for x, ok in zip(f.block_ms, f.kept or [True] * len(f.block_ms)) if ok]
             return kept if order_stat_ranks(len(kept), level) is not None else list(f.block_ms)
 
         ua, ub = usable(fa), usable(fb)
