@@ -164,3 +164,17 @@ def test_a_paired_artifact_alone_is_not_a_difference():
     m = from_blocks({"a": a, "b": b})
     d = m.difference("a", "b")
     assert d.ci95_ms[0] > 0 and d.check_ci95_ms[0] <= 0 and d.verdict == "tie"
+
+
+def test_a_measurable_but_tiny_difference_is_a_tie_and_slices_are_caught():
+    rng = np.random.default_rng(5)
+    base = list(1.0 + rng.normal(0, 0.001, 15))
+    m = from_blocks({"a": [x * 1.01 for x in base], "b": base})  # 1% apart, every round: under TIE_MARGIN
+    d = m.difference("a", "b")
+    assert d.ci95_ms[0] > 0 and d.verdict == "tie" and d.margin_ms == pytest.approx(0.02, rel=0.01)
+    m = from_blocks({"a": [x * 1.05 for x in base], "b": base})  # 5%: a real difference
+    assert m.difference("a", "b").verdict == "slower"
+    # blocks over 1.5x the function's median that the CPU check kept are slices too (measure() gives marks)
+    a = [1.0] * 10 + [2.6] * 4
+    m = from_blocks({"a": a}, kept={"a": [True] * 14})
+    assert m.figures["a"].preempted == 4 and m.figures["a"].ci95_ms[1] == 1.0
