@@ -25,8 +25,9 @@ How it measures (the rules of docs/ARCHITECTURE.md "Measuring"):
   interval excludes zero, and the unpaired interval agrees (it guards against a pairing artifact: a scheduler
   slice landing on the same position of many rounds), and the difference is beyond TIE_MARGIN (2%) of the
   faster figure (criterion.rs's noise threshold); otherwise a tie;
-- it keeps measuring until every figure's relative half-width is <= `rel_half_width` (default 5%) or the time
-  cap `max_time_s` is hit, and says which (`stopped`: "converged" | "time cap"), with the number of blocks and
+- it keeps measuring until every figure's relative half-width is <= `rel_half_width` (default 5%) and every
+  two functions share >= 9 rounds where neither block was preempted, or the time cap `max_time_s` is hit
+  (or max_blocks), and says which (`stopped`: "converged" | "time cap"), with the number of blocks and
   samples, the CV of the blocks and the host's load average; `noisy` when a CV is above CV_NOISY (the bench's
   acceptance threshold) or the 1-minute load average is above the cores.
 
@@ -234,6 +235,18 @@ class Measurement:
     confidence: float = CONFIDENCE
     tie_margin: float = TIE_MARGIN
 
+    def clean_pairs(self) -> bool:
+        """Every figure clean, and every two functions with >= MIN_BLOCKS rounds where neither block was
+        preempted (so every paired difference has an interval of its own): required before "converged"."""
+        figs = list(self.figures.values())
+        if not all(f.clean for f in figs):
+            return False
+        for i, fa in enumerate(figs):
+            for fb in figs[i + 1:]:
+                if fa.kept and fb.kept and sum(x and y for x, y in zip(fa.kept, fb.kept)) < MIN_BLOCKS:
+                    return False
+        return True
+
     def difference(self, a: str, b: str) -> Difference:
         """a - b: paired per round over the rounds where neither block was preempted; when fewer than 6 such
         rounds remain but there were preempted ones, unpaired: the difference of the two figures with the
@@ -363,7 +376,7 @@ def measure(fns: Mapping[str, Callable[[], object]], settings: Settings = Settin
         r += 1
         if r >= settings.min_blocks:
             m = from_blocks(blocks, "", time.perf_counter() - start, settings, loops, kept)
-            ok = all(f.clean for f in m.figures.values()) and (converged(m) if converged is not None else all(
+            ok = m.clean_pairs() and (converged(m) if converged is not None else all(
                 f.rel_half_width <= settings.rel_half_width for f in m.figures.values()))
             if ok:
                 stopped = "converged"
