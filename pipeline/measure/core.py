@@ -80,7 +80,7 @@ class Settings:
     # so most blocks run unpreempted even on a loaded host, long against perf_counter's cost (~0.1 us)
     min_block_s: float = 0.002
     min_blocks: int = MIN_BLOCKS    # blocks of every function before convergence is checked
-    max_blocks: int = 200
+    max_blocks: int = 1000
     tie_margin: float = TIE_MARGIN  # a relative difference under this is a tie
     rel_half_width: float = 0.05    # stop when every figure's half-width / median <= this ...
     max_time_s: float = 20.0        # ... or when this much time was spent measuring (the time cap)
