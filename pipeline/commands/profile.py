@@ -25,8 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--target", required=True, help="profile name or alias of one of the run's targets")
     p.add_argument("--json", metavar="FILE", help="also write the profile as JSON here")
     p.add_argument("--threads", type=int, help="threads (default: the benchmark's for this target)")
-    p.add_argument("--iterations", type=int, default=60,
-                   help="profiled inferences per model in each repeat (default 60)")
+    p.add_argument("--iterations", type=int, default=200,
+                   help="profiled inferences per model in each repeat (default 200)")
     p.add_argument("--max-time", type=float, default=60.0,
                    help="seconds of repeats before giving up on a 5%% interval (default 60; doubled on a noisy host)")
     p.add_argument("--no-store", action="store_true", help="do not write the profile into run.json")

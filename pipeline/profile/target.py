@@ -83,7 +83,7 @@ def profile_models(backend: str, models: dict[str, Path], threads: int, iteratio
     return {v: mod.profile(p, threads, iterations=iterations, warmup=warmup) for v, p in models.items()}
 
 
-def profile_target(run_dir: Path, run: dict, target: str, threads: int | None = None, iterations: int = 60,
+def profile_target(run_dir: Path, run: dict, target: str, threads: int | None = None, iterations: int = 200,
                    warmup: int = 20, repeat: RepeatSettings | None = None) -> dict:
     """The target's per-layer profile: the backend profiler run in repeats (pipeline/profile/intervals.py), every
     row with its 95% interval; `iterations` profiled inferences per model per repeat."""
