@@ -15,8 +15,9 @@ How it measures (the rules of docs/ARCHITECTURE.md "Measuring"):
   spent more than 20% of its time off the CPU (a neighbour had it) is left out of figures and paired
   differences while 6 or more blocks remain, and counted (`preempted_blocks`; over 25% is a noisy host); so
   is a block over 1.5x its function's median (steal time the CPU accounting does not see);
-- interleaved round-robin blocks: every round times one block of every function, the order rotated each
-  round, so a drift of the host (a neighbour starting, frequency scaling) hits all functions alike;
+- interleaved round-robin blocks: every round times one block of every function, the order rotated every two
+  rounds and reversed every other round, so a drift of the host (a neighbour starting, frequency scaling)
+  hits all functions alike and no function keeps one position;
 - the figure of one block is its time per call (block time / loops); the figure of a function is the median
   of its blocks, with a 95% interval;
 - paired differences: round r gives d_r = block_a[r] - block_b[r]; the difference is the median of the d_r
@@ -27,17 +28,18 @@ How it measures (the rules of docs/ARCHITECTURE.md "Measuring"):
   faster figure (criterion.rs's noise threshold); otherwise a tie;
 - it keeps measuring until every figure's relative half-width is <= `rel_half_width` (default 5%) and every
   two functions share >= 9 rounds where neither block was preempted, or the time cap `max_time_s` is hit
-  (or max_blocks), and says which (`stopped`: "converged" | "time cap"), with the number of blocks and
-  samples, the CV of the blocks and the host's load average; `noisy` when a CV is above CV_NOISY (the bench's
-  acceptance threshold) or the 1-minute load average is above the cores.
+  (or max_blocks), and says which (`stopped`: "converged" | "time cap" | "max blocks"), with the number of
+  blocks and samples, the CV of the blocks and the host's load average; `noisy` when a CV is above CV_NOISY
+  (the bench's acceptance threshold), the 1-minute load average is above the cores, or over 25% of the blocks
+  were preempted.
 
 The interval: the distribution-free order-statistic interval for the median (the sign test inverted: with n
 blocks, [x_(k), x_(n-k+1)] where k is the largest rank with 2 * P(Binom(n, 1/2) <= k-1) <= 0.05). Why this
 and not a bootstrap or mean +- t*sd: latencies are skewed (a busy neighbour adds a long right tail), the
 median is the figure we report, and this interval assumes nothing about the shape beyond independent blocks;
 it is exact (coverage >= 95% for any n >= 6), deterministic (no resampling seed: the same blocks give the
-same decision every time) and cheap. Its price: it needs at least 6 blocks (MIN_BLOCKS is 9, the first n whose interval drops the extremes), and its width
-moves in steps of one order statistic.
+same decision every time) and cheap. Its price: it needs at least 6 blocks (MIN_BLOCKS is 9, the first n
+whose interval drops the extremes), and its width moves in steps of one order statistic.
 """
 from __future__ import annotations
 
