@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     targets = args.target or ["onnxruntime", "x86", "rpi"]
-    results = {}
+    results: dict[str, list[dict]] = {}
     ok = True
     with tempfile.TemporaryDirectory(prefix="profnoise-") as tmp:
         for cond in ("as is", "busy"):
