@@ -5,7 +5,8 @@ Inputs, all measured on this host: each candidate layer's sensitivity (validatio
 that one layer stays float) and its latency cost (end-to-end latency, batch 1, the profile's threads, with
 that one layer in float minus the all-INT8 model's, medians in one process). The chooser predicts each set's
 drop and cost additively, builds and measures the most promising sets (validation accuracy and latency), and
-keeps the measured set that holds the budget at the least measured latency. Every configuration tried goes to
+keeps, among the measured sets that hold the budget, the simplest of those not measurably slower than the
+fastest (see "Decisions on intervals" below). Every configuration tried goes to
 run.json `targets.<profile>.quantize.frontier`; the report draws it with its Pareto front.
 
 End-to-end differences rather than a per-layer profile: they include the Q/DQ and reformat costs a layer's

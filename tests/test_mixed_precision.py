@@ -140,7 +140,9 @@ def test_real_run_records_the_frontier_and_ships_the_fastest_holding_set(tmp_pat
     fastest = min(holding, key=lambda f: f["latency_ms"])
     c = chosen[0]
     assert c is fastest or ("tie" in c["decision"] and len(c["float_layers"]) <= len(fastest["float_layers"]))
-    assert Path(out / "report.html").read_text().count("Mixed precision") >= 1
+    html = Path(out / "report.html").read_text()
+    assert html.count("Mixed precision") >= 1
+    assert "p50 ms [95% CI]" in html and "Decision:" in html  # the report states the intervals and the rule
 
 
 def test_tensorrt_latencies_are_labelled_as_the_onnxruntime_reference():
