@@ -253,6 +253,18 @@ def test_ort_trace_keeps_sub_microsecond_time_and_removes_the_profilers_floor():
     # the first `skip` runs (warm-up) are dropped
     (op,) = parse_trace(_events("conv", [90] * 10 + [5] * 40), skip=10)
     assert op.ms == pytest.approx(0.005)
+    # the floor per input count: a 1-input event less the 1-input floor, a 9-input one less the 9-input floor
+    many = [{**e, "args": {**e["args"], "input_type_shape": [{"uint8": [1]}] * 9}} for e in _events("qconv", [6] * 10)]
+    ops = {o.name: o.ms for o in parse_trace(_events("relu", [3] * 10) + many, floor_ms={1: 0.0014, 9: 0.0032})}
+    assert ops["relu"] == pytest.approx(0.0016) and ops["qconv"] == pytest.approx(0.0028)
+
+
+def test_ort_profiler_floor_grows_with_the_inputs(tmp_path):
+    from pipeline.profile.ort import input_counts, profiler_floor_ms
+
+    assert input_counts(_events("conv", [1, 2])) == {1}
+    floor = profiler_floor_ms(1, 100, 10, str(tmp_path), {1, 9})
+    assert set(floor) == {1, 9} and 0 < floor[1] < floor[9]  # measured here: 1.4 us vs 3.2 us
 
 
 def test_time_outside_the_counters_gets_rows_of_its_own():
