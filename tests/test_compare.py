@@ -372,3 +372,23 @@ def test_refresh_load_rule():
     with pytest.raises(GateError, match="half the cores"):
         refuse_or_note(load_problem(3.0, 4, "before measuring"), force=False)
     assert refuse_or_note(load_problem(3.0, 4, "before measuring"), force=True)["forced"] is True
+
+
+def test_a_regression_must_be_real_by_the_intervals_when_both_have_them():
+    # 7 repeats: each case carries the 95% order-statistic interval of its repeats' p50 ([min, max] at n = 7)
+    base = _report(_case("m", (1.0,) * 7))
+    assert base["cases"][0]["latency_ms"]["ci95_ms"] == [1.0, 1.0]
+    # median 1.3x, past the noise limit (1 + 0.1 + cv 0.14), but 3 of 7 repeats are as fast as the baseline:
+    # the new interval [1.0, 1.3] reaches the baseline's upper end x 1.1, so the slowdown is not real at 95%
+    new = _report(_case("m", (1.0, 1.0, 1.0, 1.3, 1.3, 1.3, 1.3)))
+    (c,) = cmp.compare_reports(new, base, max_regression=0.10).cases
+    assert c.ratio > c.limit_ratio and not c.latency_regression and "not real" in c.messages[0]
+    # every repeat slower: real, a regression
+    new = _report(_case("m", (1.3,) * 7))
+    (c,) = cmp.compare_reports(new, base, max_regression=0.10).cases
+    assert c.latency_regression and c.status == "regression"
+    # 3 repeats: no interval (null), the noise rule alone decides, as before
+    short = _report(_case("m", (1.0, 1.3, 1.3)))
+    assert short["cases"][0]["latency_ms"]["ci95_ms"] is None
+    (c,) = cmp.compare_reports(_report(_case("m", (1.3,) * 3)), _report(_case("m", (1.0,) * 3))).cases
+    assert c.latency_regression

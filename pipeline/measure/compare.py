@@ -11,6 +11,9 @@ Cases are matched by name. For each case present in both reports:
   cv_between_repeats is the spread of the repeats' medians (what reruns of the job vary by);
   1.2533 * cv / sqrt(n) is the relative standard error of a median of n samples (normal approximation),
   which only matters for short runs. p50 is the median of the repeats' medians (harness).
+  and, when both cases carry a 95% interval of their p50 (`latency_ms.ci95_ms`, 6+ repeats), only when the
+  slowdown is real at that level: new.ci95[0] > base.ci95[1] * (1 + max_regression) (absolute milliseconds;
+  the normalised check keeps the noise rule alone)
 * accuracy regression when  new.accuracy < base.accuracy - max_accuracy_drop   (both have accuracy)
 
 Which latency is gated (the "basis", printed per case and in one line of the summary):
@@ -230,6 +233,16 @@ def compare_reports(
     return result
 
 
+def _real_by_intervals(n: dict, b: dict, max_regression: float) -> bool | None:
+    """With a 95% interval on both cases (pipeline/measure/core.py order-statistic interval of the repeats' p50,
+    6+ repeats): a slowdown is real only when the new interval's lower end is above the baseline interval's
+    upper end x (1 + max_regression). None when either case has no interval (the noise rule alone decides)."""
+    cn, cb = (n.get("latency_ms") or {}).get("ci95_ms"), (b.get("latency_ms") or {}).get("ci95_ms")
+    if not (isinstance(cn, list) and isinstance(cb, list) and len(cn) == 2 and len(cb) == 2):
+        return None
+    return cn[0] > cb[1] * (1.0 + max_regression)
+
+
 def _gate_latency(cc: CaseComparison, n: dict, b: dict, new: dict, baseline: dict, max_regression: float,
                   noise_factor: float, host_diff: list[str], same_kernel: bool) -> None:
     """Gate one case's latency: normalised by the reference kernel where both reports have it, absolute
@@ -263,8 +276,14 @@ def _gate_latency(cc: CaseComparison, n: dict, b: dict, new: dict, baseline: dic
                        f"p50 {cc.new_p50:.4g} ms is {cc.abs_ratio:.2f}x the baseline {cc.base_p50:.4g} ms "
                        f"(limit {cc.abs_limit:.3f}x = 1 + {max_regression:.3g} allowed + {noise_factor * noise:.3g} "
                        "noise)"))
-    for _label, ratio, limit, text in checks:
+    real = _real_by_intervals(n, b, max_regression)
+    for label, ratio, limit, text in checks:
         if ratio > limit:
+            if label == "absolute" and real is False:
+                cc.messages.append(f"not a regression: {text}, but the 95% intervals say it is not real (new lower "
+                                   f"end {n['latency_ms']['ci95_ms'][0]:.4g} ms <= baseline upper end "
+                                   f"{b['latency_ms']['ci95_ms'][1]:.4g} ms x {1 + max_regression:.3g})")
+                continue
             cc.latency_regression = True
             cc.messages.append(text)
     if not cc.latency_regression and cc.ratio * cc.limit_ratio < 1.0:

@@ -32,6 +32,7 @@ from typing import Any, Iterable
 
 from pipeline.errors import DataError, MissingDependency, PipelineError
 from pipeline import strict_json
+from pipeline.measure.core import median_ci
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCH_PY = REPO_ROOT / "targets" / "standalone" / "bench.py"
@@ -381,6 +382,8 @@ def summarize_repeats(repeats: list[dict]) -> dict:
         "iterations": int(min(r["iterations"] for r in repeats)),
         "n_repeats": len(repeats),
         "method": "median-of-medians",
+        # 95% order-statistic interval of the repeats' p50 (pipeline/measure/core.py); null under 6 repeats
+        "ci95_ms": None if (ci := median_ci(p50s)) is None else [sig(ci[0]), sig(ci[1])],
     }
 
 

@@ -2,12 +2,10 @@
 
 The in-process counterpart of the child-process harness (pipeline/measure/harness.py): for ratios between
 models measured side by side (pruned / unpruned, FP32 / INT8), where running them in one process with the
-repeats interleaved keeps a busy neighbour from favouring one of them.
+blocks interleaved (pipeline/measure/core.py) keeps a busy neighbour from favouring one of them.
 """
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +15,16 @@ import numpy as np
 def measure_ort_latency(models: dict[str, Path], x: np.ndarray, batches: tuple[int, ...] = (1, 32), threads: int = 1,
                         repeats: int = 3, warmup: int = 20, min_iters: int = 50, min_time_s: float = 0.5,
                         max_time_s: float = 20.0) -> dict[str, dict[str, Any]]:
-    """ONNX Runtime latency of several ONNX files, measured in this process, interleaved (each entry says
-    precision "fp32"; pipeline.prune_int8.measure_batch1 relabels the INT8 files it times).
-
-    Every repeat runs every (model, batch) case once in turn (order reversed on odd repeats), so a busy
-    neighbour slows all cases alike; a case = `warmup` runs, then timed runs until `min_iters` and
-    `min_time_s` are both met (or `max_time_s`). Reported: median of the per-repeat medians.
-    """
+    """ONNX Runtime latency of several ONNX files, measured in this process by the measurement core
+    (pipeline/measure/core.py: every (model, batch) case one calibrated block per round, round-robin, so a busy
+    neighbour slows all cases alike). It stops when every case has >= `min_iters` timed calls, >= max(repeats,
+    9) blocks, `min_time_s` spent and a 95% interval within 5% of its median, or at `max_time_s` for all the
+    cases together. Reported per case: p50_ms (median of the blocks) with ci95_ms, samples, blocks and how the
+    measurement stopped; each entry says precision "fp32" (pipeline.prune_int8.measure_batch1 relabels the INT8
+    files it times)."""
     import onnxruntime as ort
+
+    from pipeline.measure.core import MIN_BLOCKS, Measurement, Settings, measure
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -33,33 +33,27 @@ def measure_ort_latency(models: dict[str, Path], x: np.ndarray, batches: tuple[i
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     sessions = {k: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for k, p in models.items()}
     feeds = {b: np.ascontiguousarray(np.resize(x, (b, *x.shape[1:])).astype(np.float32)) for b in batches}
-    per_repeat: dict[tuple[str, int], list[float]] = {(k, b): [] for k in models for b in batches}
-    names = list(models)
-    for r in range(repeats):
-        for k in (names if r % 2 == 0 else names[::-1]):
-            sess = sessions[k]
-            inp = sess.get_inputs()[0].name
-            for b in batches:
-                feed = {inp: feeds[b]}
-                for _ in range(warmup):
-                    sess.run(None, feed)
-                times: list[float] = []
-                start = time.perf_counter()
-                while True:
-                    t0 = time.perf_counter()
-                    sess.run(None, feed)
-                    times.append(time.perf_counter() - t0)
-                    spent = time.perf_counter() - start
-                    if (len(times) >= min_iters and spent >= min_time_s) or spent >= max_time_s:
-                        break
-                per_repeat[(k, b)].append(statistics.median(times) * 1000.0)
+    fns = {}
+    for k, sess in sessions.items():
+        inp = sess.get_inputs()[0].name
+        for b in batches:
+            fns[f"{k}@{b}"] = (lambda sess=sess, feed={inp: feeds[b]}: sess.run(None, feed))
+    settings = Settings(warmup=warmup, min_blocks=max(repeats, MIN_BLOCKS), max_time_s=max_time_s)
+
+    def done(m: Measurement) -> bool:
+        return m.seconds >= min_time_s and all(f.samples >= min_iters and f.rel_half_width <= settings.rel_half_width
+                                               for f in m.figures.values())
+
+    m = measure(fns, settings, converged=done)
     out: dict[str, dict[str, Any]] = {}
-    for k in names:
+    for k in models:
         out[k] = {}
         for b in batches:
-            reps = per_repeat[(k, b)]
-            out[k][f"batch{b}"] = {"p50_ms": statistics.median(reps), "repeat_p50_ms": [round(v, 5) for v in reps],
+            f = m.figures[f"{k}@{b}"]
+            out[k][f"batch{b}"] = {"p50_ms": f.median_ms, "ci95_ms": None if f.ci95_ms is None else
+                                   [round(v, 5) for v in f.ci95_ms], "samples": f.samples, "blocks": f.blocks,
+                                   "repeat_p50_ms": [round(v, 5) for v in f.block_ms[:50]],
                                    "batch": b, "threads": threads, "runtime": "onnxruntime",
                                    "runtime_version": ort.__version__, "precision": "fp32",
-                                   "source": "measured"}
+                                   "source": "measured", "stopped": m.stopped, "noisy": m.noisy, "load1": m.load1}
     return out

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.errors import ConfigError, DataError, MissingDependency
 from pipeline.profile.mapping import OnnxIndex
-from pipeline.profile.schema import profile_doc
+from pipeline.profile.intervals import RepeatSettings, interval_doc, repeat_profiles
 
 HOST_BACKENDS = ("onnxruntime", "openvino", "litert")
 
@@ -84,7 +84,9 @@ def profile_models(backend: str, models: dict[str, Path], threads: int, iteratio
 
 
 def profile_target(run_dir: Path, run: dict, target: str, threads: int | None = None, iterations: int = 200,
-                   warmup: int = 20) -> dict:
+                   warmup: int = 20, repeat: RepeatSettings | None = None) -> dict:
+    """The target's per-layer profile: the backend profiler run in repeats (pipeline/profile/intervals.py), every
+    row with its 95% interval; `iterations` profiled inferences per model per repeat."""
     prof = resolve_target(run, target)
     t = run["targets"][prof]
     backend = t.get("backend")
@@ -107,9 +109,18 @@ def profile_target(run_dir: Path, run: dict, target: str, threads: int | None = 
     threads = threads or default_threads(run, prof)
     from pipeline.commands.bench import host_source
 
-    variants = profile_models(backend, models, threads, iterations, warmup)
-    doc = profile_doc(prof, backend, host_source(backend, (t.get("isa") or {}).get("target")), host_name(), threads,
-                      variants, index)
+    order = [0]
+
+    def run_once() -> dict:
+        # float and INT8 alternate which goes first, so a drift of the host favours neither
+        names = list(models) if order[0] % 2 == 0 else list(models)[::-1]
+        order[0] += 1
+        got = profile_models(backend, {v: models[v] for v in names}, threads, iterations, warmup)
+        return {v: got[v] for v in models}
+
+    repeats, info = repeat_profiles(run_once, index, repeat or RepeatSettings())
+    doc = interval_doc(prof, backend, host_source(backend, (t.get("isa") or {}).get("target")), host_name(), threads,
+                       repeats, index, info)
     bench = {v: (_artifact(run, prof, a) or {}).get("latency_ms", {}).get("p50") for v, a in
              (("float", "fp32"), ("int8", "int8"))}
     doc["benchmark_p50_ms"] = bench  # the run's own benchmark (child processes, Model.run), for comparison

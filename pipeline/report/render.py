@@ -99,6 +99,7 @@ def build_figures(run_dir: Path, summary: dict) -> tuple[list[Figure], list[str]
 
 def frontier_figures(summary: dict) -> list[Figure]:
     """One figure per target whose accuracy budget chose float layers by measured latency."""
+    from pipeline.measure.core import fmt_ci
     from pipeline.report import plots
     from pipeline.report.data import pareto_front
 
@@ -110,17 +111,23 @@ def frontier_figures(summary: dict) -> list[Figure]:
             continue
         front = pareto_front([(r["latency_ms"], r["val_accuracy"]) for r in rows])
         table = [{"#": str(i + 1), "float layers": ", ".join(r["float_layers"]) or "none (all INT8)",
-                  "val accuracy": f"{r['val_accuracy']:.4f}", "p50 ms": f"{r['latency_ms']:.4f}",
+                  "val accuracy": f"{r['val_accuracy']:.4f}",
+                  "p50 ms [95% CI]": fmt_ci(r["latency_ms"], r.get("latency_ci95_ms")),
                   "source": f"{r['source']} ({r['runtime']})", "holds budget": "yes" if r["holds_budget"] else "no",
                   "Pareto": "yes" if i in front else "", "shipped": "yes" if r.get("chosen") else ""}
                  for i, r in enumerate(rows)]
         table += [{"#": "-", "float layers": ", ".join(r.get("float_layers") or []), "val accuracy": "skipped",
-                   "p50 ms": "-", "source": str(r["skipped"]), "holds budget": "-", "Pareto": "", "shipped": ""}
+                   "p50 ms [95% CI]": "-", "source": str(r["skipped"]), "holds budget": "-", "Pareto": "", "shipped": ""}
                   for r in ((t.get("quantize") or {}).get("frontier") or []) if r.get("skipped")]
         cap = (f"Mixed precision for {name}: each float-layer configuration the accuracy budget tried, validation "
                "accuracy against end-to-end latency p50 at batch 1 measured in one process on this host "
-               f"({rows[0]['source']}, {rows[0]['runtime']}). Ringed points joined by the dashed line are the Pareto "
-               "front; the star is the configuration shipped: the one holding the budget at the least latency.")
+               f"({rows[0]['source']}, {rows[0]['runtime']}), median of interleaved blocks with its 95% interval. "
+               "Ringed points joined by the dashed line are the Pareto front; the star is the configuration shipped: "
+               "among the sets holding the budget, the fewest float layers of those not measurably slower than the "
+               "fastest (a paired 95% interval that includes zero is a tie).")
+        decision = next((r.get("decision") for r in rows if r.get("chosen") and r.get("decision")), None)
+        if decision:
+            cap += f" Decision: {decision}."
         figs.append(Figure(f"report_frontier_{name}.png", f"Mixed precision frontier: {name}", cap,
                            plots.frontier_png(rows, name, front), table, "Configurations tried"))
     return figs
