@@ -66,12 +66,28 @@ def looks_disk_full(e: BaseException, where: str | Path) -> bool:
     return st.f_bavail * st.f_frsize < (1 << 20)
 
 
+def current_umask() -> int:
+    """The process umask (os.umask can only be read by setting it: set and restore at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(path: str | Path, directory: bool) -> None:
+    """Give a temporary made by mkstemp/mkdtemp (0600/0700: private by design) the mode an ordinary
+    open()/mkdir() would have given it under this umask, so renamed outputs are as readable as any Unix
+    tool's (a group-shared run folder stays shared)."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; rename it to `final` only when the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}{TMP_MARK}{os.getpid()}-", dir=final.parent))
+    umask_mode(tmp, directory=True)
     try:
         yield tmp
         if final.exists():
@@ -96,6 +112,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{path.name}{TMP_MARK}{os.getpid()}-", dir=path.parent)
+    umask_mode(tmp, directory=False)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline import strict_json
-from pipeline.artifacts import TMP_MARK, sha256_file
+from pipeline.artifacts import TMP_MARK, sha256_file, umask_mode
 from pipeline.errors import BundleError
 
 __all__ = [
@@ -149,6 +149,7 @@ def safe_extract(tar_path: str | Path, dest: str | Path, *, max_bytes: int = 2_0
             if not members:
                 raise BundleError(f"{tar_path}: the archive is empty", hint="give a bundle archive")
             tmp = Path(tempfile.mkdtemp(prefix=f"{dest.name}{TMP_MARK}{os.getpid()}-", dir=dest.parent))
+            umask_mode(tmp, directory=True)
             try:
                 tar.extractall(tmp, members=members, filter="data")
                 if dest.exists():

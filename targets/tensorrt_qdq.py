@@ -29,6 +29,9 @@ def make_trt_qdq(fp32_onnx, out_onnx, calibration: np.ndarray, method: str = "mi
     out_onnx.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_onnx.stem}.", suffix=".onnx", dir=out_onnx.parent)
     os.close(fd)
+    mask = os.umask(0o022)  # mkstemp makes 0600; the output gets the mode open() would give it
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
     try:
         quantize_qdq(fp32_onnx, tmp, calibration, method=method, percentile=percentile, bins=bins,
                      activation="s8", symmetric=True, exclude=nodes_to_exclude or [], batch_size=batch_size,
