@@ -344,6 +344,26 @@ def validate_recipe(data: dict, origin: str = "recipe") -> Recipe:
                           hint="fix the value(s) in the recipe file or the --set option") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently, so a
+    recipe with two `epochs:` lines trained with whichever came second)."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+        line = key_node.start_mark.line + 1
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise ConfigError(f"key '{key}' is given twice in one section (lines {seen[key]} and {line})",
+                              hint=f"keep one of the two '{key}:' lines")
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def load_recipe(path: str | Path | None = None, sets: Sequence[str] = (), targets: list[str] | None = None) -> Recipe:
     data: dict = {}
     origin = "default recipe"
@@ -352,7 +372,9 @@ def load_recipe(path: str | Path | None = None, sets: Sequence[str] = (), target
         if not p.is_file():
             raise ConfigError(f"recipe file {p} does not exist", hint="check the --config path")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
+        except ConfigError as e:
+            raise ConfigError(f"recipe {p}: {e.message}", hint=e.hint) from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

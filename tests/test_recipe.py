@@ -76,3 +76,18 @@ def test_cli_print_config_and_error_exit_codes(tmp_path):
 def test_every_field_has_a_default():
     # Building the model with no arguments is what "the default run needs no file" means.
     assert Recipe().model_dump()
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
+    import pytest as _pytest
+
+    from pipeline.errors import ConfigError
+    from pipeline.recipe import load_recipe
+
+    f = tmp_path / "r.yaml"
+    f.write_text("distill:\n  epochs: 3\n  lr: 0.1\n  epochs: 5\nteacher:\n  train:\n    epochs: 2\n")
+    with _pytest.raises(ConfigError, match=r"key 'epochs' is given twice in one section \(lines 2 and 4\)"):
+        load_recipe(f)
+    f.write_text("distill:\n  epochs: 3\nteacher:\n  train:\n    epochs: 2\n")  # one key per section: fine
+    r = load_recipe(f)
+    assert r.distill.epochs == 3 and r.teacher.train.epochs == 2
