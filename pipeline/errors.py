@@ -35,6 +35,10 @@ class CheckpointError(PipelineError):
     """Bad, unsafe or mismatching checkpoint or model file."""
 
 
+class ModelError(PipelineError):
+    """The user's model cannot be trained as written (e.g. an in-place op autograd cannot differentiate)."""
+
+
 class BundleError(PipelineError):
     """A bundle that fails its checksums, its layout or its safe extraction."""
 

@@ -5,7 +5,9 @@ import copy
 import os
 import sys
 import random
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
@@ -105,6 +107,67 @@ def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
 
 EXPLODED = 1e6  # a loss above this is taken for divergence, whatever the first epoch's
 GROWTH = 1000.0  # ... and so is one this many times the first epoch's mean
+
+
+def _loss_again(model, loss_fn, xb, yb, idx, epoch, compute):
+    with compute.autocast():
+        if loss_fn is None:
+            return F.cross_entropy(model(xb).float(), yb)
+        return loss_fn(model, xb, yb, idx, epoch)[0]
+
+
+def user_frame(e: BaseException, model: nn.Module) -> str | None:
+    """`file:line` of the innermost traceback frame in a source file of the user's model classes (None when the
+    error did not come from the model's own code: then it is ours, or torch's)."""
+    import traceback
+
+    files = set()
+    for mod in model.modules():
+        code = getattr(type(mod).forward, "__code__", None)  # the file that defines the module's forward
+        f = code.co_filename if code is not None else None
+        if f and "site-packages" not in f and not f.startswith(str(Path(__file__).resolve().parent)):
+            files.add(os.path.realpath(f))
+    hits = [fr for fr in traceback.extract_tb(e.__traceback__) if os.path.realpath(fr.filename) in files]
+    return f"{hits[-1].filename}:{hits[-1].lineno}" if hits else None
+
+
+def inplace_error(desc: str, model: nn.Module, loss_again) -> Exception:
+    """The user's model modified in place a tensor autograd saved for backward: rerun the failing batch under
+    anomaly detection (torch records the forward call of every autograd node) and name the user's source line
+    and the module whose forward it is, instead of an internal error."""
+    import warnings
+
+    from pipeline.errors import ModelError
+
+    site = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with torch.autograd.detect_anomaly(check_nan=False):
+                loss_again().backward()
+        except RuntimeError:
+            pass
+    for w in caught:
+        text = str(w.message)
+        if "Traceback of forward call" not in text:
+            continue
+        frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)', text)
+        mine = [f for f in frames if "site-packages" not in f[0] and f"{os.sep}torch{os.sep}" not in f[0]
+                and not f[0].startswith(str(Path(__file__).resolve().parent))]
+        if mine:
+            site = mine[-1]
+    where, module = "", None
+    if site is not None:
+        file, line, func, code = site[0], int(site[1]), site[2], site[3].strip()
+        for name, mod in model.named_modules():
+            fwd = getattr(type(mod).forward, "__code__", None)
+            if fwd is not None and fwd.co_filename == file and \
+                    fwd.co_firstlineno <= line <= max((ln for _, _, ln in fwd.co_lines() if ln), default=0):
+                module = name or "the model itself"
+        where = f" the tensor made at {file}:{line} (`{code}`, in {func}{f' of module {module}' if module else ''})"
+    return ModelError(f"{desc}: the model's forward modifies in place{where or ' a tensor'} that autograd needs for "
+                      "the backward pass", hint="use out-of-place ops there (y = y * 2, not y.mul_(2); "
+                                                "nn.ReLU(inplace=False)) or .clone() the tensor before changing it")
 
 
 class DivergenceGuard:
@@ -240,12 +303,24 @@ def fit(model: nn.Module, x_train, y_train: np.ndarray, x_val, y_val: np.ndarray
                     if on_step is not None:
                         on_step(step, loss)
                     opt.zero_grad(set_to_none=True)
+                    try:
+                        (scaler.scale(loss) if scaler is not None else loss).backward()
+                    except RuntimeError as e:
+                        if "modified by an inplace operation" in str(e):
+                            raise inplace_error(desc, model, lambda: _loss_again(model, loss_fn, xb, yb, idx, epoch,
+                                                                                   compute)) from None
+                        blame = user_frame(e, model)
+                        if blame is None:
+                            raise
+                        from pipeline.errors import ModelError
+
+                        raise ModelError(f"{desc}: the model's backward pass raised {type(e).__name__}: "
+                                         f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''} (at {blame})",
+                                         hint="fix the model's custom backward (autograd.Function) there") from None
                     if scaler is not None:
-                        scaler.scale(loss).backward()
                         scaler.step(opt)
                         scaler.update()
                     else:
-                        loss.backward()
                         opt.step()
                 if sched is not None:
                     sched.step()
