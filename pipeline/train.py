@@ -222,7 +222,7 @@ def fit(model: nn.Module, x_train, y_train: np.ndarray, x_val, y_val: np.ndarray
         desc: str = "train", on_step: Callable[[int, torch.Tensor], None] | None = None,
         augmenter=None, compute=None, views=None, workers: int = 0,
         head_modules: list[str] | None = None, backbone_lr_scale: float = 1.0,
-        loss_terms: dict[str, str] | None = None) -> History:
+        loss_terms: dict[str, str] | None = None, notes: list[str] | None = None) -> History:
     """SGD + cosine schedule; keeps the weights of the epoch with the best validation accuracy.
 
     `x_train`/`x_val`: memory-mapped ImageSplits (the stages) or float32 NCHW arrays. Batches are read
@@ -244,6 +244,9 @@ def fit(model: nn.Module, x_train, y_train: np.ndarray, x_val, y_val: np.ndarray
     set_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     split = as_split(x_train)
+    if notes is not None and batch_size > len(split):  # said once, kept in run.json: what was really used
+        notes.append(f"{desc}: batch_size {batch_size} is more than the {len(split)} training images: each epoch is "
+                     f"one batch of {len(split)}")
     compute.prepare(model)
     max_lr: float | list[float] = lr
     if head_modules and backbone_lr_scale != 1.0:

@@ -119,3 +119,20 @@ def test_a_custom_backward_that_raises_names_the_users_line(broken_file):
     x, y = rng.standard_normal((16, 1, 6, 6)).astype(np.float32), rng.integers(0, 3, 16)
     with pytest.raises(ModelError, match=r"backward pass raised RuntimeError: backward not written .*broken_models\.py:\d+"):
         fit(model, x, y, x, y, epochs=1, lr=0.01, batch_size=8, momentum=0.9, weight_decay=0.0, seed=0)
+
+
+def test_clipped_settings_are_said_once_and_recorded(tmp_path):
+    """A setting the data cannot honour is said once on the terminal and kept in run.json as what was used."""
+    from conftest import read_run
+
+    out = tmp_path / "clip"
+    p = run_cli("run", "--target", "onnxruntime", "--out", str(out),
+                *fast_args(["data.limit=120", "calibration.samples=5000", "distill.batch_size=4096",
+                            "benchmark.enabled=false"]), timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    said = p.stdout + p.stderr
+    assert said.count("calibration.samples=5000 clipped to the 120 training images") == 1
+    assert said.count("distill: batch_size 4096 is more than the 120 training images") == 1
+    s = read_run(out)
+    cal = next(st for st in s["stages"] if st["stage"] == "calibration")
+    assert any("clipped to the 120" in n for n in cal["notes"])

@@ -16,6 +16,10 @@ def run_calibration(runner: Runner, recipe, data: StageResult) -> StageResult:
         s = read_splits(data)
         ctx.metrics.update(build_calibration_set(s.x_train, s.y_train, c.samples, c.seed,
                                                  ctx.dir / "calibration.npz"))
+        ctx.metrics["requested"] = c.samples
+        if ctx.metrics["samples"] < c.samples:  # said once, kept in run.json: what was really used
+            ctx.notes.append(f"calibration.samples={c.samples} clipped to the {ctx.metrics['samples']} training "
+                             "images there are")
 
     return runner.stage("calibration", fn, config={"samples": c.samples, "seed": c.seed},
                         inputs={"data": data}, tools=["numpy"])

@@ -122,7 +122,7 @@ def distill_student(student, teacher, splits, cfg, seed: int, augment: bool, hfl
                    batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay, seed=seed,
                    loss_fn=loss_fn, extra_params=list(criterion.parameters()), augmenter=augmenter, desc=desc,
                    compute=compute, views=views, workers=workers, loss_terms=term_descriptions(criterion),
-                   head_modules=head_modules, backbone_lr_scale=backbone_lr_scale)
+                   head_modules=head_modules, backbone_lr_scale=backbone_lr_scale, notes=notes)
     finally:
         criterion.close()
         criterion.to("cpu")

@@ -150,7 +150,7 @@ def run_teacher(runner: Runner, recipe, data: StageResult) -> StageResult:
             hist = fit(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=t.epochs, lr=t.lr,
                        batch_size=t.batch_size, momentum=t.momentum, weight_decay=t.weight_decay,
                        seed=recipe.seed, augmenter=augmenter_for(recipe.data), desc="teacher", compute=compute,
-                       workers=recipe.data.workers)
+                       workers=recipe.data.workers, notes=ctx.notes)
             ctx.metrics["compute"] = compute.describe()
             ctx.notes.append(f"teacher trained here for {t.epochs} epochs (best val epoch {hist.best_epoch})")
         model.eval()
