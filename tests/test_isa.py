@@ -325,3 +325,18 @@ def test_run_for_an_avx2_target_labels_every_int8_figure_with_its_isa(tmp_path):
     man = json.loads(bundle.read_text())
     assert man["isa"]["target"] == "x86-64-v3" and man["isa"]["build_host"] == HOST
     assert man["isa"]["scheme"]["reduce_range"] is True
+
+
+def test_report_says_which_kernels_made_the_int8_figures():
+    from pipeline.report.render import _target_notes
+
+    summary = {"targets": {"onnxruntime": {"isa": {
+        "target": "x86-64-v3", "host": "avx512-vnni", "mode": "emulated",
+        "scheme": {"weights": "int8 per-channel in 7 bits (reduce_range)", "reduce_range": True},
+        "evaluated_with": "emulated x86-64-v3 (qemu-x86_64 -cpu Haswell), exact numerics of its kernels"}},
+        "jetson-orin-nano": {"isa": {"target": None, "host": "avx512-vnni", "evaluated_with": "exact fake-quant"}}}}
+    notes = _target_notes(summary)
+    assert ("onnxruntime: INT8 made for x86-64-v3 (int8 per-channel in 7 bits (reduce_range)); INT8 accuracy computed "
+            "with emulated x86-64-v3 (qemu-x86_64 -cpu Haswell), exact numerics of its kernels, on a avx512-vnni host"
+            ) in notes
+    assert "jetson-orin-nano: INT8 accuracy computed with exact fake-quant, on a avx512-vnni host" in notes

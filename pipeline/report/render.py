@@ -164,6 +164,14 @@ def _target_notes(summary: dict) -> list[str]:
         q = t.get("quantize") or {}
         if q.get("kept_in_float"):
             out.append(f"{name}: kept in float to hold the accuracy budget: {q['kept_in_float']}")
+        isa = t.get("isa") or {}
+        if isa.get("evaluated_with"):  # which kernels made the INT8 figures (docs/ARCHITECTURE.md, Instruction sets)
+            scheme = isa.get("scheme") or {}
+            how = scheme.get("weights") or (f"overflow_fix {scheme['overflow_fix']}" if scheme.get("overflow_fix")
+                                            else None)
+            made = f"INT8 made for {isa['target']}" + (f" ({how})" if how else "") + "; " if isa.get("target") else ""
+            out.append(f"{name}: {made}INT8 accuracy computed with {isa['evaluated_with']}, on a "
+                       f"{isa.get('host') or 'unknown'} host")
     return out
 
 
