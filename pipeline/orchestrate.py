@@ -171,7 +171,7 @@ def run_target(runner: Runner, recipe, profile, data, calib, pruned, export, tea
                                   inputs={"quantize": quant, "convert": conv}, extra_config=profile.name)
             oc.stages["benchmark"] = bench
         oc.stages["bundle"] = run_bundle(runner, recipe, profile, backend, data, quant, comp, ev, bench, estimate,
-                                         {"export": export})
+                                         {"export": export}, convert=conv)
     except GateError as e:
         oc.failed = str(e)
         if runner.console is not None:
@@ -286,7 +286,7 @@ def build_summary(recipe, runner, data, teacher, student, pruned, export, teache
                 rss = bm["peak_rss_mb"] if bm else (est.get("peak_rss_mb") if variant == "int8" else
                                                     {"value": None, "source": "not measured"})
                 bundle = None
-                if variant == "int8" and "bundle" in st:
+                if "bundle" in st and (st["bundle"].metrics.get("shipped") or {}).get("variant", "int8") == variant:
                     bres = st["bundle"]
                     bundle = str(bres.dir / bres.metrics["bundle"])
                 label = precision_label(b.precision, b.info.get("kept_in_float"),

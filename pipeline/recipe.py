@@ -189,6 +189,10 @@ class QuantizeConfig(Section):
     # (pipeline/mixed_precision.py); layers: the most sensitive layers one by one (fewest layers).
     fallback_objective: Literal["latency", "layers"] = "latency"
     max_fallback_trials: int = Field(6, ge=1, le=64, description="float-layer sets built and measured by the latency objective")
+    ship: Literal["faster", "int8", "fp32"] = Field(
+        "faster", description="what the bundle ships: faster = the INT8 (or mixed) model unless it measured slower "
+                              "than FP32 here beyond the spread (then FP32, said in the summary); int8 = always "
+                              "the INT8 model; fp32 = always the FP32 model")
     emulate: bool = Field(False, description=(
         "compute INT8 accuracy with the target's own kernels under qemu-x86_64 -cpu <model> (qemu-user) when this "
         "host's instruction-set class differs from the target's (x86-64-v2/v3 targets); several times slower; "

@@ -159,13 +159,19 @@ def _readme(manifest: dict, notes: list[str]) -> str:
 
 def run_bundle(runner: Runner, recipe, profile, backend, data: StageResult, quant: StageResult,
                compile_: StageResult, evaluate: StageResult, bench: StageResult | None,
-               estimate: dict, inputs: dict[str, StageResult]) -> StageResult:
-    from pipeline.stages.target import built_from
+               estimate: dict, inputs: dict[str, StageResult], convert: StageResult | None = None) -> StageResult:
+    from pipeline.stages.target import built_from, shipped_variant
 
     name = f"{recipe.name}-{profile.name}"
+    variant, why = shipped_variant(recipe.quantize.ship, bench.metrics if bench is not None else None)
+    if variant == "fp32" and convert is None:
+        variant, why = "int8", "no FP32 artifact given to the bundle"
 
     def fn(ctx: StageContext) -> None:
-        built = built_from(quant, "int8")
+        built = built_from(convert, "fp32") if variant == "fp32" and convert is not None else built_from(quant, "int8")
+        ctx.metrics["shipped"] = {"variant": variant, "why": why}
+        if variant == "fp32":
+            ctx.notes.append(f"bundle ships the FP32 model: {why}")
         splits = read_splits(data)
         root = ctx.dir / name
         (root / "samples").mkdir(parents=True)
@@ -190,8 +196,8 @@ def run_bundle(runner: Runner, recipe, profile, backend, data: StageResult, quan
         (root / "samples" / "expected.json").write_text(strict_json.dumps(
             {"atol": 1e-3, "runtime": m.runtime, "runtime_version": m.runtime_version, "isa": host_isa(),
              "samples": samples, "raw": raw}, indent=1))
-        ev = evaluate.metrics["int8"]
-        bm = (bench.metrics.get("int8") if bench else None) or {}
+        ev = evaluate.metrics[variant]
+        bm = (bench.metrics.get(variant) if bench else None) or {}
         # Every figure names its source, the runtime and the host class that produced it.
         acc_where = {"source": ev.get("source") or "unknown", "runtime": ev.get("runtime") or ev["numerics"],
                      "host": ev.get("host") or "unknown"}
@@ -222,7 +228,8 @@ def run_bundle(runner: Runner, recipe, profile, backend, data: StageResult, quan
             # Which instruction-set class the INT8 model was made for, and which one computed its figures and
             # samples/expected.json (a host of another class may compute other INT8 numbers).
             "isa": {"target": profile.isa, "build_host": host_isa(), "scheme": built.info.get("scheme"),
-                    "accuracy_evaluated_with": (evaluate.metrics.get("int8") or {}).get("isa", {}).get("evaluated_with")},
+                    "accuracy_evaluated_with": (evaluate.metrics.get(variant) or {}).get("isa", {}).get("evaluated_with")},
+            "shipped": {"variant": variant, "why": why},
             "model": {"file": built.model_file.name, "files": [f.name for f in built.files],
                       "precision": precision_label(built.precision, built.info.get("kept_in_float"),
                                                    float_compute_layers(compile_.metrics.get("compile") or {})),
@@ -252,10 +259,13 @@ def run_bundle(runner: Runner, recipe, profile, backend, data: StageResult, quan
         ctx.notes.append(f"bundle written: {name}.tar.gz ({len(manifest['files']) + 2} files)")
 
     deps = {"data": data, "quantize": quant, "compile": compile_, "evaluate": evaluate, **inputs}
+    if variant == "fp32" and convert is not None:
+        deps["convert"] = convert
     if bench is not None:
         deps["benchmark"] = bench
     return runner.stage(f"bundle-{profile.name}", fn, config={"profile": profile.model_dump(mode="json"),
-                                                               "name": name, "estimate": estimate},
+                                                               "name": name, "estimate": estimate,
+                                                               "shipped": variant},
                         inputs=deps, tools=["numpy"], label=f"bundle [{profile.name}]",
                         code=(type(backend),))  # the backend is picked at run time; the standalone scripts
     # are covered by pipeline.code_closure.DATA_READS

@@ -334,6 +334,19 @@ def run_benchmark(runner: Runner, recipe, name: str, label: str, cases: list[dic
 SPREAD_K = 2.0  # INT8 counts as slower only beyond this many times the measured relative spread
 
 
+def shipped_variant(ship: str, bench_metrics: dict | None) -> tuple[str, str]:
+    """(variant the bundle ships, why): quantize.ship, and for `faster` the benchmark's INT8-slower record."""
+    if ship == "fp32":
+        return "fp32", "quantize.ship=fp32"
+    if ship == "int8":
+        return "int8", "quantize.ship=int8"
+    slower = (bench_metrics or {}).get("int8_slower_than_fp32")
+    if slower:
+        return "fp32", (f"INT8 measured slower than FP32 here ({slower['int8_p50_ms']:.4g} vs {slower['fp32_p50_ms']:.4g} "
+                        "ms p50): the faster FP32 model ships (quantize.ship=int8 ships INT8 anyway)")
+    return "int8", "INT8 is the faster precision (or it was not measured here)"
+
+
 def int8_slower_than_fp32(bench: dict) -> dict | None:
     """A record when the measured INT8 p50 is not faster than the FP32 p50 (same runtime, batch, host) by more
     than the measurements' own spread: INT8 p50 >= FP32 p50 * (1 + SPREAD_K * max(cv_between_repeats of the two))
