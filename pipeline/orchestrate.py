@@ -89,6 +89,10 @@ def select_profiles(requested: list[str], profile_paths: Sequence[str] = (),
 
 def run_pipeline(recipe, out: Path, profile_paths: Sequence[str] = (), console=None) -> RunResult:
     out = Path(out)
+    from pipeline.models.conventions import apply_conventions
+
+    # A torchvision/timm model's normalisation and input size, for the data fields the recipe leaves unset
+    recipe, convention_notes = apply_conventions(recipe)
     profiles, skipped = select_profiles(recipe.targets, profile_paths, recipe.isa)
     if recipe.quantize.emulate:  # a missing qemu stops the run here (exit 3), before any stage runs
         from pipeline.numerics import numerics_for, qemu_path
@@ -129,6 +133,7 @@ def run_pipeline(recipe, out: Path, profile_paths: Sequence[str] = (), console=N
                 failed[profile.name] = oc.failed
         summary = build_summary(recipe, runner, data, teacher, student, pruned, export, teacher_onnx, host_bench,
                                 outcomes, skipped, failed, time.perf_counter() - t0)
+        summary["notes"] = [*convention_notes, *summary["notes"]]
         atomic_write_json(out / "run.json", summary)
         from pipeline.report import write_report_safe
 
