@@ -78,6 +78,9 @@ def test_bench_run_folder_writes_a_schema_valid_report(fast_run, bench):
         assert c["sha256"] == art["sha256"]  # the very file run.json describes
         assert c["source"] == "measured" and c["runtime"] == "onnxruntime"
         assert c["latency_ms"]["n_repeats"] == 2 and len(c["repeats"]) == 2
+        # under 6 repeats: the repeats' p50 range with the coverage 2 repeats give (1 - 2 * 0.5**2)
+        lo, hi = c["latency_ms"]["median_range_ms"]
+        assert lo <= c["latency_ms"]["p50"] <= hi and c["latency_ms"]["median_range_coverage"] == 0.5
         assert c["latency_ms"]["p50"] <= c["latency_ms"]["p90"] <= c["latency_ms"]["p99"]
         assert c["accuracy"]["value"] == pytest.approx(art["accuracy"])
         assert "run.json" in c["accuracy"]["source"] and c["accuracy"]["samples"] > 0

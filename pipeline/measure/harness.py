@@ -384,6 +384,10 @@ def summarize_repeats(repeats: list[dict]) -> dict:
         "method": "median-of-medians",
         # 95% order-statistic interval of the repeats' p50 (pipeline/measure/core.py); null under 6 repeats
         "ci95_ms": None if (ci := median_ci(p50s)) is None else [sig(ci[0]), sig(ci[1])],
+        # Under 6 repeats: the repeats' p50 range, an interval for the median at the coverage n repeats give
+        # (1 - 2 * 0.5**n: 75% at 3, 93.75% at 5; the sign test's order statistics at their extremes)
+        "median_range_ms": [sig(min(p50s)), sig(max(p50s))] if len(p50s) >= 2 else None,
+        "median_range_coverage": round(1 - 2 * 0.5 ** len(p50s), 4) if len(p50s) >= 2 else None,
     }
 
 

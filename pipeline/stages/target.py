@@ -375,7 +375,10 @@ def _bench_summary(case: dict) -> dict:
     runtime = " ".join(str(v) for v in (case.get("runtime"), case.get("runtime_version")) if v) or None
     where = {"runtime": runtime or "unknown", "host": host_class()}
     return {"latency_ms": {"p50": lat["p50"], "p90": lat["p90"], "p99": lat.get("p99"),
-                           "cv_between_repeats": lat.get("cv_between_repeats"), "source": case["source"], **where},
+                           "cv_between_repeats": lat.get("cv_between_repeats"), "ci95_ms": lat.get("ci95_ms"),
+                           "median_range_ms": lat.get("median_range_ms"),
+                           "median_range_coverage": lat.get("median_range_coverage"),
+                           "repeats": lat.get("n_repeats"), "source": case["source"], **where},
             "peak_rss_mb": {"value": rss.get("value"), "source": rss.get("source", case["source"]), **where},
             "file_size_bytes": case.get("file_size_bytes"), "threads": case.get("threads"),
             "batch": case.get("batch")}
