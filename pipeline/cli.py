@@ -187,13 +187,42 @@ def _terminate_like_interrupt() -> None:
         return
 
     def handler(signum, frame):
+        _quiet_helper_threads()  # before the unwinding stops a DataLoader worker (see _quiet_helper_threads)
         raise Terminated()
+
+    def interrupt(signum, frame):
+        _quiet_helper_threads()
+        raise KeyboardInterrupt()
 
     try:
         if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
             signal.signal(signal.SIGTERM, handler)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, interrupt)
     except (ValueError, OSError):  # not settable here (an embedding interpreter): keep the default
         pass
+
+
+def _quiet_helper_threads() -> None:
+    """After Ctrl-C/SIGTERM the helper threads of libraries die too: multiprocessing's resource sharer, whose
+    DataLoader worker just went, reports a ConnectionResetError through sys.excepthook. That is third-party
+    noise: it goes to the run's log (when the command knows its folder), not the terminal."""
+    import threading
+    import traceback
+
+    def to_log(exc_type, exc, tb) -> None:
+        if _RUN_DIR is None:
+            return
+        from pipeline.logs import log_path
+
+        try:
+            with open(log_path(_RUN_DIR), "a", encoding="utf-8") as f:
+                traceback.print_exception(exc_type, exc, tb, file=f)
+        except OSError:
+            pass
+
+    sys.excepthook = to_log
+    threading.excepthook = lambda a: to_log(a.exc_type, a.exc_value, a.exc_traceback)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             _err_console().print(f"  fix: {e.hint}", markup=False, soft_wrap=True)
         return e.exit_code
     except KeyboardInterrupt as e:
+        _quiet_helper_threads()
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         _err_console().print(f"{what}: finished stages are kept; run the same command again to resume")
         return 143 if isinstance(e, Terminated) else 130

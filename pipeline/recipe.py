@@ -358,7 +358,9 @@ def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode,
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
         line = key_node.start_mark.line + 1
-        if isinstance(key, (str, int, float, bool)) and key in seen:
+        if not isinstance(key, (str, int, float, bool)):
+            continue  # an unhashable (list/map) key: construct_mapping below refuses it as PyYAML does
+        if key in seen:
             raise ConfigError(f"key '{key}' is given twice in one section (lines {seen[key]} and {line})",
                               hint=f"keep one of the two '{key}:' lines")
         seen[key] = line

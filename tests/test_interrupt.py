@@ -53,3 +53,25 @@ def test_a_signal_stops_a_long_teacher_stage_and_leaves_nothing(tmp_path, sig, c
     assert not any(s.startswith("teacher") for s in stages), f"the interrupted stage left {stages}"
     assert not list(out.rglob("*.tmp-*")), "no temporary left behind"
     assert {"data", "calibration"} <= stages, "finished stages are kept"
+
+
+def test_helper_thread_noise_after_an_interrupt_goes_to_the_log(tmp_path, capsys):
+    """multiprocessing's resource sharer reports a dead DataLoader worker through sys.excepthook during the
+    unwinding: after a signal that goes to the run's log, never to the terminal."""
+    import threading
+
+    from pipeline import cli
+
+    saved = sys.excepthook, threading.excepthook, cli._RUN_DIR
+    try:
+        cli._RUN_DIR = tmp_path
+        (tmp_path / "logs").mkdir()
+        cli._quiet_helper_threads()
+        try:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        except ConnectionResetError:
+            sys.excepthook(*sys.exc_info())
+    finally:
+        sys.excepthook, threading.excepthook, cli._RUN_DIR = saved
+    assert "Connection reset by peer" in (tmp_path / "logs" / "run.log").read_text()
+    assert "Traceback" not in capsys.readouterr().err
