@@ -7,7 +7,10 @@ from conftest import artifact, fast_args, read_run, run_cli
 # Clipping every activation at its 95th percentile hurts INT8 accuracy on purpose (val drop 0.074 measured),
 # while keeping some layers in float recovers it. (The 51st percentile wrecked every layer: only the set with no
 # INT8 layer left held the budget, and that set is now a recorded skip, not a shipped "INT8" model.)
-BAD_CALIBRATION = ["calibration.method=percentile", "calibration.percentile=95", "quantize.max_accuracy_drop=0.005",
+# threads=1: the scenario depends on the trained student, whose numbers change with the training threads (under
+# OMP_NUM_THREADS=2 only the set with no INT8 layer left held the budget); one thread pins it on every host.
+BAD_CALIBRATION = ["threads=1", "calibration.method=percentile", "calibration.percentile=95",
+                   "quantize.max_accuracy_drop=0.005",
                    "quantize.max_fallback_layers=8"]
 
 
